@@ -1,0 +1,187 @@
+"""Relative error, the bands of the notes, and per-coordinate verdicts.
+
+Everything here works on host NumPy arrays in float64: it runs after the
+finite differences have been computed and is cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+#: Band names and their lower edges (relative error strictly above the edge).
+#: The edges are the ones in the notes: > 1e-2 the gradient is probably wrong,
+#: 1e-2 .. 1e-4 is uncomfortable, 1e-4 .. 1e-7 is acceptable only for functions
+#: with kinks, < 1e-7 is good.
+BANDS: tuple[tuple[str, float], ...] = (
+    ("probably_wrong", 1e-2),
+    ("uncomfortable", 1e-4),
+    ("acceptable_with_kinks", 1e-7),
+    ("good", 0.0),
+)
+BAND_NAMES: tuple[str, ...] = tuple(name for name, _ in BANDS)
+
+#: Relative-error bar for smooth functions (the notes: "1e-7 and less you
+#: should be happy"; above it a smooth function is not right).
+SMOOTH_RTOL = 1e-7
+
+#: Default allowance for round-off, in units of ``eps * |f| / h``.
+DEFAULT_NOISE_FACTOR = 64.0
+
+Verdict = Literal["ok", "wrong", "untestable"]
+OK, WRONG, UNTESTABLE = 0, 1, 2
+VERDICT_NAMES: tuple[Verdict, ...] = ("ok", "wrong", "untestable")
+
+
+def relative_error(analytic: ArrayLike, numeric: ArrayLike) -> np.ndarray:
+    """Relative error ``|a - n| / max(|a|, |n|)``, elementwise.
+
+    Two exact zeros give 0 (they agree perfectly). A NaN or infinite value on
+    either side gives ``inf``, so it always lands in the worst band.
+
+    Args:
+      analytic: the gradient from autodiff or the user's gradient function.
+      numeric: the finite-difference estimate, same shape.
+
+    Returns:
+      a float64 array of the broadcast shape, every entry in ``[0, 2]`` (2 when the signs differ) or ``inf``.
+
+    Examples:
+      >>> relative_error([1.0, 0.0, 2.0], [1.0 + 1e-8, 0.0, -2.0])
+      array([1.e-08, 0.e+00, 1.e+00])
+    """
+    a = np.asarray(analytic, dtype=np.float64)
+    n = np.asarray(numeric, dtype=np.float64)
+    diff = np.abs(a - n)
+    scale = np.maximum(np.abs(a), np.abs(n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0)
+    finite = np.isfinite(a) & np.isfinite(n)
+    return np.where(finite, rel, np.inf)
+
+
+def band_index(rel_error: ArrayLike) -> np.ndarray:
+    """Index into :data:`BANDS` of each relative error (0 = probably wrong).
+
+    Examples:
+      >>> band_index([0.5, 1e-3, 1e-5, 1e-9]).tolist()
+      [0, 1, 2, 3]
+    """
+    rel = np.asarray(rel_error, dtype=np.float64)
+    out = np.full(rel.shape, len(BANDS) - 1, dtype=np.int64)
+    # Walk from the most lenient band up so the strictest match wins.
+    for i in range(len(BANDS) - 2, -1, -1):
+        out = np.where(rel > BANDS[i][1], i, out)
+    return out
+
+
+def band_counts(rel_error: ArrayLike) -> dict[str, int]:
+    """How many relative errors fall in each band of the notes.
+
+    Examples:
+      >>> band_counts([0.5, 1e-3, 1e-9, 0.0])
+      {'probably_wrong': 1, 'uncomfortable': 1, 'acceptable_with_kinks': 0, 'good': 2}
+    """
+    idx = band_index(rel_error).ravel()
+    counts = np.bincount(idx, minlength=len(BANDS))
+    return {name: int(c) for name, c in zip(BAND_NAMES, counts, strict=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """The relative-error bar a check applies, and why.
+
+    Attributes:
+      rtol: a coordinate whose relative error exceeds this (and whose absolute
+        difference is not explained by round-off) is wrong.
+      reason: a sentence that says where the number comes from.
+      noise_factor: the round-off allowance, in units of ``eps * |f| / h``.
+    """
+
+    rtol: float
+    reason: str
+    noise_factor: float = DEFAULT_NOISE_FACTOR
+
+
+def default_bar(rtol: float | None = None, noise_factor: float | None = None) -> Bar:
+    """The bar for a check: the notes' smooth-function bar unless overridden.
+
+    Args:
+      rtol: an explicit relative-error bar (e.g. ``1e-4`` for a deep network
+        with kinks). ``None`` applies the notes' bar for smooth functions.
+      noise_factor: the round-off allowance in units of ``eps * |f| / h``.
+
+    Returns:
+      a :class:`Bar`.
+
+    Raises:
+      ValueError: if ``rtol`` is not in ``(0, 1)`` or ``noise_factor`` < 0.
+
+    Examples:
+      >>> default_bar().rtol
+      1e-07
+      >>> default_bar(1e-4).reason
+      'rtol=0.0001 given by the caller'
+    """
+    nf = DEFAULT_NOISE_FACTOR if noise_factor is None else float(noise_factor)
+    if not nf >= 0:
+        raise ValueError(
+            f"`noise_factor` must be >= 0, got {noise_factor!r}. It scales the "
+            "round-off allowance eps*|f|/h; use 0 to disable it."
+        )
+    if rtol is None:
+        return Bar(
+            SMOOTH_RTOL,
+            "smooth-function bar of the notes (relative error < 1e-7); pass "
+            "`rtol=` to change it",
+            nf,
+        )
+    rtol = float(rtol)
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(
+            f"`rtol` must lie in (0, 1), got {rtol!r}. Typical values: 1e-7 "
+            "(smooth, float64), 1e-4 (functions with kinks), 1e-2 (very deep nets)."
+        )
+    return Bar(rtol, f"rtol={rtol!r} given by the caller", nf)
+
+
+def verdicts(
+    analytic: ArrayLike,
+    numeric: ArrayLike,
+    noise_abs: ArrayLike,
+    rtol: float,
+) -> np.ndarray:
+    """Per-coordinate verdict codes: ``OK`` (0), ``WRONG`` (1), ``UNTESTABLE`` (2).
+
+    A coordinate is ``OK`` when its relative error is within ``rtol``. Otherwise
+    it is ``UNTESTABLE`` when the absolute difference ``|a - n|`` is within the
+    round-off noise ``noise_abs`` of the finite difference (the difference could
+    be pure round-off, so the check can neither confirm nor refute it at this
+    step), and ``WRONG`` when it is not. Non-finite values are ``WRONG``.
+
+    Args:
+      analytic: analytic gradient entries.
+      numeric: finite-difference estimates.
+      noise_abs: absolute round-off noise of each estimate (broadcastable).
+      rtol: the relative-error bar.
+
+    Returns:
+      an int array of verdict codes.
+
+    Examples:
+      >>> verdicts([1.0, 1.0, 1e-12], [1.0, 1.1, 2e-12], 1e-9, 1e-7).tolist()
+      [0, 1, 2]
+    """
+    a = np.asarray(analytic, dtype=np.float64)
+    n = np.asarray(numeric, dtype=np.float64)
+    rel = relative_error(a, n)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - n)
+    noise = np.asarray(noise_abs, dtype=np.float64)
+    ok = rel <= rtol
+    finite = np.isfinite(rel)
+    untestable = ~ok & finite & (diff <= noise)
+    return np.where(ok, OK, np.where(untestable, UNTESTABLE, WRONG))
