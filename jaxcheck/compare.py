@@ -47,7 +47,8 @@ def relative_error(analytic: ArrayLike, numeric: ArrayLike) -> np.ndarray:
       numeric: the finite-difference estimate, same shape.
 
     Returns:
-      a float64 array of the broadcast shape, every entry in ``[0, 2]`` (2 when the signs differ) or ``inf``.
+      a float64 array of the broadcast shape, every entry in ``[0, 2]`` (2 when
+      the signs differ) or ``inf``.
 
     Examples:
       >>> relative_error([1.0, 0.0, 2.0], [1.0 + 1e-8, 0.0, -2.0])

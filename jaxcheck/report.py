@@ -32,6 +32,11 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}"
 
 
+def _count(n: int, noun: str) -> str:
+    plural = {"leaf": "leaves"}.get(noun, noun + "s")
+    return f"{n:,} {noun if n == 1 else plural}"
+
+
 def _fmt_val(x: float) -> str:
     return f"{x:+.6e}"
 
@@ -238,18 +243,22 @@ class GradCheckReport:
 
     # ----------------------------------------------------------------- text
     def headline(self) -> str:
+        """One line: the verdict, what was checked, and the worst coordinate."""
         status = "PASSED" if self.passed else "FAILED"
         text = (
-            f"jaxcheck: gradient check {status}: {len(self.leaves)} leaves, "
-            f"{self.num_checked:,} coordinates"
+            f"jaxcheck: gradient check {status}: {_count(len(self.leaves), 'leaf')}, "
+            f"{_count(self.num_checked, 'coordinate')}"
         )
         if not self.passed:
-            text += f", {self.num_wrong:,} wrong in {len(self.failures)} leaves"
+            text += (
+                f", {self.num_wrong:,} wrong in {_count(len(self.failures), 'leaf')}"
+            )
         if self.num_untestable:
             text += f", {self.num_untestable:,} untestable"
         w = self.worst
         if w is not None:
-            text += f"; worst relative error {_fmt(w[1].rel_error)} at {w[0]}{_index_str(w[1].index)}"
+            where = w[0] + _index_str(w[1].index)
+            text += f"; worst relative error {_fmt(w[1].rel_error)} at {where}"
         return text + "."
 
     def _table_rows(self, leaves: tuple[LeafReport, ...]) -> list[list[str]]:
