@@ -51,8 +51,8 @@ def relative_error(analytic: ArrayLike, numeric: ArrayLike) -> np.ndarray:
       the signs differ) or ``inf``.
 
     Examples:
-      >>> relative_error([1.0, 0.0, 2.0], [1.0 + 1e-8, 0.0, -2.0])
-      array([1.e-08, 0.e+00, 1.e+00])
+      >>> relative_error([1.0, 0.0, 2.0, 0.0], [1.5, 0.0, -2.0, 1e-30])
+      array([0.33333333, 0.        , 2.        , 1.        ])
     """
     a = np.asarray(analytic, dtype=np.float64)
     n = np.asarray(numeric, dtype=np.float64)

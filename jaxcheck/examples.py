@@ -119,7 +119,7 @@ def mlp_sizes_for(num_params: int, *, dim: int = 64, num_classes: int = 10) -> t
 
     Examples:
       >>> mlp_sizes_for(11_000)
-      (64, 146, 10)
+      (64, 147, 10)
     """
     # params = dim*h + h + h*C + C  =>  h = (N - C) / (dim + 1 + C)
     hidden = max(1, round((num_params - num_classes) / (dim + 1 + num_classes)))

@@ -1,0 +1,294 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcheck
+from jaxcheck import examples
+
+
+def quad(params, a):
+    return jnp.sum(a * params["w"] ** 2) + jnp.sum(jnp.sin(params["b"]))
+
+
+def quad_params():
+    return {"w": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.array([0.3, -0.2])}
+
+
+def test_correct_gradient_passes_with_tight_error():
+    report = jaxcheck.check_grads(quad, quad_params(), jnp.float32(0.5))
+    assert report.passed
+    assert report.num_checked == 8
+    assert report.num_wrong == 0
+    assert report.max_rel_error < 1e-9
+    w = report.leaf("['w']")
+    assert w.shape == (2, 3) and w.num_checked == 6 and w.dtype == "float32"
+    assert report.leaf("['b']").band_counts["good"] == 2
+
+
+def test_gradient_off_by_1e4_fails_on_a_smooth_function():
+    def grad_fn(params, a):
+        g = jax.grad(quad)(params, a)
+        return jax.tree_util.tree_map(lambda x: x * (1 + 1e-4), g)
+
+    report = jaxcheck.check_grads(
+        quad, quad_params(), jnp.float32(0.5), grad_fn=grad_fn
+    )
+    assert not report.passed
+    assert {leaf.path for leaf in report.failures} == {"['w']", "['b']"}
+    assert report.num_wrong == 8
+    assert report.max_rel_error == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_x64_is_scoped_to_the_call():
+    before = jax.config.jax_enable_x64
+    jaxcheck.check_grads(quad, quad_params(), 0.5)
+    assert jax.config.jax_enable_x64 == before
+    assert jnp.ones(2).dtype == (jnp.float64 if before else jnp.float32)
+
+
+def test_float32_params_are_checked_in_float64():
+    params = examples.mlp_init((5, 4, 3), seed=3)  # float32 leaves
+    x, y = examples.classification_batch(6, 5, 3)
+    report = jaxcheck.check_grads(examples.mlp_loss, params, x, y)
+    assert report.passed and report.dtype == "float64"
+    # The analytic values are float64 gradients at the float32 point.
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), params)
+        g = jax.grad(examples.mlp_loss)(p64, jnp.asarray(x, jnp.float64), y)
+    c = report.leaf("[1]['b']").worst[0]
+    assert c.analytic == float(np.asarray(g[1]["b"])[c.index])
+    # float32 round-off would give relative errors around 1e-3; float64 gives ~1e-9.
+    assert report.leaf("[1]['b']").max_rel_error < 1e-7
+
+
+def test_user_grad_fn_checked_and_named():
+    def my_grad(params, a):
+        return {"w": 2 * a * params["w"], "b": jnp.cos(params["b"])}
+
+    report = jaxcheck.check_grads(quad, quad_params(), 0.5, grad_fn=my_grad)
+    assert report.passed
+    assert report.grad_source.endswith("my_grad")
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda p, a: {"w": p["w"].T, "b": p["b"]}, r"shape \(3, 2\) for leaf \['w'\]"),
+        (lambda p, a: {"w": p["w"]}, r"no gradient for leaf \['b'\]"),
+        (lambda p, a: {"w": p["w"], "b": p["b"], "c": p["b"]}, r"\['c'\]"),
+    ],
+)
+def test_grad_fn_structure_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        jaxcheck.check_grads(quad, quad_params(), 0.5, grad_fn=bad)
+
+
+def test_non_scalar_output():
+    with pytest.raises(ValueError, match=r"must return a scalar, got shape \(2, 3\)"):
+        jaxcheck.check_grads(lambda p: p["w"] ** 2, quad_params())
+
+
+def test_integer_output():
+    with pytest.raises(TypeError, match="real floating-point scalar"):
+        jaxcheck.check_grads(lambda p: jnp.sum(p > 0), jnp.ones(3))
+
+
+def test_no_checkable_leaf_lists_the_leaves():
+    with pytest.raises(
+        ValueError, match=r"no floating-point array leaf.*\['n'\]: integer"
+    ):
+        jaxcheck.check_grads(lambda p: jnp.float32(1.0), {"n": jnp.arange(3), "s": "x"})
+
+
+def test_nan_at_the_point():
+    with pytest.raises(ValueError, match="is nan at the given point"):
+        jaxcheck.check_grads(lambda p: jnp.sum(jnp.log(p)), jnp.array([1.0, -1.0]))
+
+
+def test_nan_at_a_perturbed_point_names_the_coordinate():
+    # sqrt is finite at 0 but not at 0 - h.
+    x = jnp.array([1.0, 0.0, 2.0])
+    with pytest.raises(
+        ValueError, match=re.escape("not finite at 1 perturbed point(s)")
+    ) as e:
+        jaxcheck.check_grads(lambda p: jnp.sum(jnp.sqrt(p)), x)
+    assert "[1]" in str(e.value) and "smaller `step`" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"step": 0.0}, "`step` must be a positive"),
+        ({"step": float("nan")}, "`step` must be a positive"),
+        ({"coords": 0}, "`coords` must be >= 1"),
+        ({"coords": "some"}, '`coords` must be "all"'),
+        (
+            {"coords": {"['w']": 7}},
+            r"asks for 7 coordinates of leaf \['w'\], which has only 6",
+        ),
+        ({"coords": {"['w']": [6]}}, "flat index out of range"),
+        ({"memory_budget": -1}, "`memory_budget`"),
+        ({"chunk_size": 0}, "`chunk_size`"),
+    ],
+)
+def test_bad_arguments(kwargs, err):
+    with pytest.raises(ValueError, match=err):
+        jaxcheck.check_grads(quad, quad_params(), 0.5, **kwargs)
+
+
+def test_sampling_is_per_leaf_and_reproducible():
+    params = {"W": jnp.ones((40, 50)) * 0.01, "b": jnp.ones(3)}
+
+    def f(p):
+        return jnp.sum(jnp.tanh(p["W"])) + jnp.sum(p["b"] ** 3)
+
+    r1 = jaxcheck.check_grads(f, params, coords=5, seed=1, max_worst=5)
+    r2 = jaxcheck.check_grads(f, params, coords=5, seed=1, max_worst=5)
+    r3 = jaxcheck.check_grads(f, params, coords=5, seed=2, max_worst=5)
+    # every leaf sampled, the small one whole
+    assert [leaf.num_checked for leaf in r1.leaves] == [5, 3]
+    idx = lambda r: sorted(c.index for c in r.leaf("['W']").worst)  # noqa: E731
+    assert idx(r1) == idx(r2)
+    assert idx(r1) != idx(r3)
+
+
+def test_explicit_coordinates():
+    r = jaxcheck.check_grads(
+        quad, quad_params(), 0.5, coords={"['w']": [(1, 2), (0, 0)], "['b']": "all"}
+    )
+    assert r.leaf("['w']").num_checked == 2
+    assert sorted(c.index for c in r.leaf("['w']").worst) == [(0, 0), (1, 2)]
+    assert r.leaf("['b']").num_checked == 2
+
+
+def test_skipped_leaves_are_listed_and_never_differentiated():
+    params = {
+        "w": jnp.array([1.0, 2.0]),
+        "steps": jnp.array(3, jnp.int32),
+        "mask": jnp.array([True, False]),
+        "name": "layer",
+        "nothing": None,
+        "key": jax.random.key(0),
+    }
+
+    def f(p):
+        return jnp.sum(jnp.where(p["mask"], p["w"] ** 2, p["w"])) * p["steps"]
+
+    report = jaxcheck.check_grads(f, params)
+    assert report.passed
+    assert [leaf.path for leaf in report.leaves] == ["['w']"]
+    reasons = {s.path: s.reason for s in report.skipped}
+    assert set(reasons) == {
+        "['steps']",
+        "['mask']",
+        "['name']",
+        "['nothing']",
+        "['key']",
+    }
+    assert "integer" in reasons["['steps']"] and "bool" in reasons["['mask']"]
+    assert "PRNG key" in reasons["['key']"]
+    assert "skipped ['name']" in str(report)
+
+
+def test_assert_grads_raises_with_failing_leaf_only():
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, g: (g,))  # forgot the 2
+
+    def f(p):
+        return jnp.sum(double(p["bad"]) ** 2) + jnp.sum(p["good"] ** 2)
+
+    params = {"bad": jnp.array([1.0, 2.0]), "good": jnp.array([3.0])}
+    with pytest.raises(
+        jaxcheck.GradientCheckError, match=r"^jaxcheck: gradient check FAILED"
+    ) as e:
+        jaxcheck.assert_grads(f, params)
+    assert isinstance(e.value, AssertionError)
+    msg = str(e.value)
+    assert "['bad']" in msg and "['good']" not in msg
+    assert e.value.report.leaf("['good']").passed
+    # and a correct function returns its report
+    assert jaxcheck.assert_grads(lambda p: jnp.sum(p["good"] ** 2), params).passed
+
+
+def test_prng_key_argument_is_held_fixed():
+    def dropout_loss(w, key):
+        keep = jax.random.bernoulli(key, 0.5, w.shape)
+        return jnp.sum(jnp.where(keep, w / 0.5, 0.0) ** 2)
+
+    report = jaxcheck.check_grads(
+        dropout_loss, jnp.linspace(-1, 1, 20), jax.random.key(3)
+    )
+    assert report.passed and report.max_rel_error < 1e-9
+
+
+def test_custom_jvp_rule_is_exercised():
+    @jax.custom_jvp
+    def softplus(x):
+        return jnp.log1p(jnp.exp(x))
+
+    @softplus.defjvp
+    def _(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return softplus(x), t * jax.nn.sigmoid(x) * 1.01  # 1% off
+
+    r = jaxcheck.check_grads(lambda w: jnp.sum(softplus(w)), jnp.linspace(-2, 2, 7))
+    assert not r.passed and r.num_wrong == 7
+    assert r.max_rel_error == pytest.approx(0.01 / 1.01, rel=1e-4)
+
+
+def test_tiny_gradients_are_untestable_not_wrong():
+    # f is O(1) but depends on w only through 1e-12 * w: the centered difference
+    # sits far below round-off, so no verdict is possible.
+    def f(w):
+        return 1.0 + 1e-12 * jnp.sum(w**2)
+
+    r = jaxcheck.check_grads(f, jnp.linspace(1, 2, 5))
+    assert r.passed
+    assert r.num_untestable == 5 and r.num_wrong == 0
+    assert any("EVERY checked coordinate" in n for n in r.notes)
+    assert r.leaves[0].verdict == "UNTESTABLE"
+
+
+def test_chunk_size_does_not_change_numbers():
+    params = examples.mlp_init((6, 5, 3), seed=2)
+    x, y = examples.classification_batch(4, 6, 3)
+    r1 = jaxcheck.check_grads(
+        examples.mlp_loss, params, x, y, chunk_size=1, max_worst=30
+    )
+    r2 = jaxcheck.check_grads(
+        examples.mlp_loss, params, x, y, chunk_size=16, max_worst=30
+    )
+    for a, b in zip(r1.leaves, r2.leaves, strict=True):
+        na = {c.index: c.numeric for c in a.worst}
+        nb = {c.index: c.numeric for c in b.worst}
+        common = set(na) & set(nb)
+        assert common
+        for k in common:
+            # Batching may reorder XLA's sums: equal up to round-off eps*|f|/h ~ 1e-10.
+            assert na[k] == pytest.approx(nb[k], rel=0, abs=1e-9)
+
+
+def test_memory_budget_limits_the_chunk():
+    params = examples.mlp_init((32, 16, 4))
+    x, y = examples.classification_batch(8, 32, 4)
+    small = jaxcheck.check_grads(examples.mlp_loss, params, x, y, memory_budget=1)
+    assert small.passed
+    assert all(leaf.chunk_size == 1 for leaf in small.leaves)
+    big = jaxcheck.check_grads(examples.mlp_loss, params, x, y, memory_budget=1 << 30)
+    assert big.leaf("[0]['W']").chunk_size > 1
+
+
+def test_equal_reports_for_numpy_and_jax_inputs():
+    # values exactly representable in float32, so both points are the same
+    p_np = {"w": np.arange(1.0, 7.0).reshape(2, 3), "b": np.array([0.25, -0.5])}
+    p_jx = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), p_np)
+    r_np = jaxcheck.check_grads(quad, p_np, 0.5)
+    r_jx = jaxcheck.check_grads(quad, p_jx, 0.5)
+    assert r_np.max_rel_error == pytest.approx(r_jx.max_rel_error, rel=1e-6, abs=1e-15)
+    assert r_np.passed
