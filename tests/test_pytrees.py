@@ -339,3 +339,64 @@ def test_equinox_wrong_activation_rule_fails_upstream_leaves_only():
     assert report.leaf(".layers[2].bias").passed
     with pytest.raises(GradientCheckError, match=re.escape(".layers[0].weight")):
         assert_grads(eqx_loss, model, *_eqx_data())
+
+
+# ---------------------------------------------------------------------------
+# Kinds of leaves.
+
+
+def _sin_loss(params, x):
+    leaves = [
+        jnp.asarray(leaf, jnp.float64)
+        for leaf in jax.tree.leaves(params)
+        if isinstance(leaf, jax.Array | np.ndarray)
+    ]
+    return sum(jnp.sum(jnp.sin(leaf) * x) for leaf in leaves)
+
+
+def test_numpy_and_low_precision_leaves_are_checked_in_float64():
+    params = {
+        "np64": np.linspace(-1.0, 1.0, 4),
+        "np32": np.linspace(0.0, 1.0, 3, dtype=np.float32),
+        "f16": jnp.linspace(-0.5, 0.5, 5, dtype=jnp.float16),
+        "bf16": jnp.linspace(-0.5, 0.5, 2, dtype=jnp.bfloat16),
+        "py": 0.5,
+    }
+    report = check_grads(_sin_loss, params, 0.7)
+    assert report.passed, str(report)
+    # Differences in float16 could not get near this: the check ran in float64.
+    assert report.max_rel_error < 1e-7
+    assert [leaf.path for leaf in report.leaves] == [
+        "['bf16']",
+        "['f16']",
+        "['np32']",
+        "['np64']",
+    ]
+    assert [leaf.num_checked for leaf in report.leaves] == [2, 5, 3, 4]
+    # A Python float is not an array leaf: skipped, with a reason.
+    assert [s.path for s in report.skipped] == ["['py']"]
+    assert report.skipped[0].reason
+
+
+def test_bare_array_and_scalar_params():
+    (w,) = _arrays(4, (2, 3))
+    report = check_grads(_sin_loss, w, 0.7)
+    assert report.passed
+    assert [leaf.path for leaf in report.leaves] == [keystr(())] == [""]
+    assert report.leaves[0].worst[0].index in {
+        (i, j) for i in range(2) for j in range(3)
+    }
+    with jax.enable_x64(True):
+        s = jnp.asarray(0.25)
+    report = check_grads(_sin_loss, {"s": s}, 0.7)
+    assert report.leaf("['s']").worst[0].index == ()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"n": jnp.arange(3)}, {"name": "x", "none": None}],
+    ids=["empty", "int_only", "str_and_none"],
+)
+def test_params_without_float_leaves_are_refused(params):
+    with pytest.raises(ValueError, match="`params`"):
+        check_grads(_sin_loss, params, 0.7)
