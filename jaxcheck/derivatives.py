@@ -1096,7 +1096,10 @@ def check_forward_mode(
       >>> @jax.custom_jvp
       ... def softplus(x):
       ...     return jnp.log1p(jnp.exp(x))
-      >>> softplus.defjvp(lambda p, t: (softplus(p[0]), t[0] * jnp.exp(p[0])))  # bug
+      >>> @softplus.defjvp
+      ... def softplus_jvp(primals, tangents):
+      ...     (x,), (t,) = primals, tangents
+      ...     return softplus(x), t * jnp.exp(x)  # bug: should be t * sigmoid(x)
       >>> check_forward_mode(lambda p: jnp.sum(softplus(p)), jnp.ones(3)).passed
       False
     """
@@ -1323,13 +1326,18 @@ def miss_probability(
     t = t / (1.0 - t)
     if r == 0:
         return 1.0
+
+    def bound(theta: np.ndarray) -> np.ndarray:
+        alpha = r * np.sin(theta)
+        s = r * np.cos(theta)
+        return (np.arctan2(t - alpha, s) + np.arctan2(t + alpha, s)) / np.pi
+
+    # The maximum over the split of e: a grid, then a finer grid around its best.
     theta = np.linspace(0.0, np.pi / 2, 4097)
-    alpha = r * np.sin(theta)
-    s = r * np.cos(theta)
-    p = (np.arctan2(t - alpha, s) + np.arctan2(t + alpha, s)) / np.pi
-    p1 = float(np.clip(np.max(p), 0.0, 1.0))
-    # The grid maximum of a smooth function of theta, with a margin for its step.
-    p1 = min(1.0, p1 * (1.0 + 1e-3))
+    best = theta[int(np.argmax(bound(theta)))]
+    d = theta[1] - theta[0]
+    fine = np.clip(np.linspace(best - d, best + d, 1025), 0.0, np.pi / 2)
+    p1 = float(np.clip(max(bound(theta).max(), bound(fine).max()), 0.0, 1.0))
     return p1**num_directions
 
 
