@@ -278,7 +278,7 @@ def diagnose_loss_curve(
             trend,
             metrics,
         )
-    if drop < 0.02 or float(trend[0]) - final < 2.0 * wiggle:
+    if drop < 0.02 or (drop < 0.1 and float(trend[0]) - final < 2.0 * wiggle):
         return result(
             "flat",
             f"The loss does not decrease beyond its noise ({initial:.4g} -> "
