@@ -178,6 +178,7 @@ def run_burn_in(
     optimizer: Any = None,
     grad_fn: Callable[..., PyTree] | None = None,
     on_failure: OnFailure = "warn",
+    _stacklevel: int = 2,
 ) -> BurnInResult:
     """Like :func:`burn_in`, but returns the losses and the verdict too.
 
@@ -296,7 +297,7 @@ def run_burn_in(
         if on_failure == "raise":
             raise BurnInError("jaxcheck: " + message)
         if on_failure == "warn":
-            warnings.warn("jaxcheck: " + message, BurnInWarning, stacklevel=3)
+            warnings.warn("jaxcheck: " + message, BurnInWarning, stacklevel=_stacklevel)
     return BurnInResult(
         params=_merge(leaves, pos, treedef, train),
         losses=tuple(losses),
@@ -352,7 +353,7 @@ def burn_in(
     """
     return run_burn_in(
         f, params, *args, steps=steps, learning_rate=learning_rate,
-        optimizer=optimizer, grad_fn=grad_fn, on_failure=on_failure,
+        optimizer=optimizer, grad_fn=grad_fn, on_failure=on_failure, _stacklevel=3,
     ).params  # fmt: skip
 
 
@@ -396,6 +397,7 @@ def check_after_burn_in(
     result = run_burn_in(
         f, params, *args, steps=steps, learning_rate=learning_rate,
         optimizer=optimizer, grad_fn=check_kwargs.get("grad_fn"), on_failure=on_failure,
+        _stacklevel=3,
     )  # fmt: skip
     report = _check_grads()(f, result.params, *args, **check_kwargs)
     return _with_note(report, result.summary())
@@ -788,10 +790,10 @@ def check_loss_terms(
                 else f"{1 / ratio:.3g} times smaller than that of {top_name!r}"
             )
             + f" (norms {grad_norms[n]:.3g} vs {top:.3g}). In the sum, a bug in {n!r} "
-            f"changes the gradient by at most ~{ratio:.2g} relative, below what a "
-            f"check of the sum can see; this report checks {n!r} on its own. To check "
-            f"it inside the sum too, raise its weight (e.g. the regularization "
-            "strength) for the check."
+            f"changes the gradient by only ~{ratio:.2g} relative, so a check of the "
+            f"sum with a bar above that would miss it; this report checks {n!r} on "
+            "its own. To check it inside the sum too, raise its weight (e.g. the "
+            "regularization strength) for the check."
         )
         notes.append(msg)
         if warn:
@@ -1233,7 +1235,7 @@ def check_determinism(
             "random numbers or reads Python state at trace time (jit freezes them), "
             "e.g. np.random inside f. " + _FIX
         )
-    if grad and not math.isnan(grad_diff) and grad_diff > 64 * eps:
+    if not causes and grad and not math.isnan(grad_diff) and grad_diff > 64 * eps:
         causes.append(
             f"the gradient differs between two evaluations at the same point (max "
             f"relative difference {grad_diff:.3g}): the backward pass draws its own "
