@@ -1172,8 +1172,9 @@ def activation_stats(
 
     Args:
         f: The model or loss, ``f(*args)``.
-        *args: Its arguments (pytrees), e.g. ``params, x`` or ``params, x, y``. Use
-            a batch of examples: "dead" means zero for every example in it.
+        *args: Its arguments, pytrees of arrays, e.g. ``params, x`` or ``params, x,
+            y`` (bind anything else with ``functools.partial``). Use a batch of
+            examples: "dead" means zero for every example in it.
         gradients: Also record the gradient of ``f`` (must return a scalar) with
             respect to each recorded activation.
         bins: Number of histogram bins.
@@ -1705,7 +1706,9 @@ class TrainingMonitor:
             train[both], val[both], epochs=steps[both] / self.steps_per_epoch, **kwargs
         )
 
-    def update_report(self, *, last: int | None = None, **kwargs: Any):
+    def update_report(
+        self, *, last: int | None = None, **kwargs: Any
+    ) -> UpdateRatioReport | None:
         """:func:`check_update_ratios` over the recorded updates (``None`` if none).
 
         Args:

@@ -911,18 +911,25 @@ def mlp_init(
         )
     if isinstance(scale, str) and scale not in ("he", "xavier"):
         raise ValueError(f"`scale` must be 'he', 'xavier' or a float, got {scale!r}.")
-    keys = jax.random.split(key, len(sizes) - 1)
+    # One draw for all weights: a single compiled sampler per total size, then the
+    # pieces are cut on the host (cheaper than compiling a sampler per layer).
+    shapes = list(zip(sizes[:-1], sizes[1:], strict=True))
+    total = sum(a * b for a, b in shapes)
+    noise = np.asarray(jax.random.normal(key, (total,), dtype=jnp.float32))
     params = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    offset = 0
+    for i, (fan_in, fan_out) in enumerate(shapes):
         if scale == "he":
             std = math.sqrt(2.0 / fan_in)
         elif scale == "xavier":
             std = math.sqrt(1.0 / fan_in)
         else:
             std = float(scale)
+        w = std * noise[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
+        offset += fan_in * fan_out
         params[f"layer{i}"] = {
-            "W": (std * jax.random.normal(keys[i], (fan_in, fan_out))).astype(dtype),
-            "b": jnp.full((fan_out,), bias, dtype=dtype),
+            "W": jnp.asarray(w, dtype=dtype),
+            "b": jnp.asarray(np.full((fan_out,), bias), dtype=dtype),
         }
     return params
 
