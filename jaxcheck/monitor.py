@@ -893,6 +893,9 @@ def _is_zero_literal(atom: Any) -> bool:
 
 def _site_kind(eqn: Any) -> str | None:
     name = eqn.primitive.name
+    dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        return None  # integer max(i, 0) is bookkeeping, not an activation
     if name == "tanh":
         return "tanh"
     if name == "logistic":

@@ -293,6 +293,14 @@ def test_custom_vjp_rules_are_kept_for_gradients():
     assert tanh.grad_mean == pytest.approx(5.0)
 
 
+def test_integer_max_is_not_an_activation():
+    def f(x, i):
+        return jnp.sum(jax.nn.relu(x)) + jnp.maximum(i, 0).sum()
+
+    report = activation_stats(f, jnp.ones(3), jnp.arange(-2, 2), gradients=True)
+    assert [lay.kind for lay in report.layers] == ["relu"]
+
+
 def test_activation_stats_errors_and_empty():
     with pytest.raises(ValueError, match="one scalar float"):
         activation_stats(lambda x: jnp.tanh(x), jnp.ones(3), gradients=True)
