@@ -5,7 +5,11 @@ every leaf's) coordinate of a pytree of parameters in float64 and reports, leaf
 by leaf, where the analytic gradient disagrees.
 """
 
+from . import data as data
 from . import examples as examples
+from . import monitor as monitor
+from . import plots as plots
+from . import sanity as sanity
 from .check import assert_grads as assert_grads
 from .check import check_grads as check_grads
 from .compare import band_counts as band_counts
@@ -29,6 +33,10 @@ __all__ = (
     "band_counts",
     "check_grads",
     "default_memory_budget",
+    "data",
     "examples",
+    "monitor",
+    "plots",
+    "sanity",
     "relative_error",
 )

@@ -101,7 +101,6 @@ def _demo_training(out: str) -> bool:
         print(f"   skipped: {e}")
         return True
     print(summary)
-    print(f"\nFigures written to {os.path.abspath(out)}")
     return True
 
 
