@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -423,3 +424,30 @@ def test_deterministic_function_passes():
     assert report.keys == ()
     assert report.grad_difference == 0.0
     assert "PASSED" in report.headline()
+
+
+# --------------------------------------------------------------------------- #
+# The protocol notebook runs end to end.
+# --------------------------------------------------------------------------- #
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_protocol.ipynb"
+
+
+@pytest.mark.slow
+def test_protocol_notebook_executes_without_outputs_stored():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    ).execute()  # fmt: skip
+    text = "\n".join(
+        out.get("text", "") for c in code for out in c.outputs if "text" in out
+    )
+    assert "after burn-in: jaxcheck: gradient check FAILED" in text
+    assert "loss-term check FAILED: data passed, reg FAILED, sum passed" in text
+    assert "order 2: jaxcheck: second-order check FAILED" in text
+    assert "['W'][123, 45]" in text
