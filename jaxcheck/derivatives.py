@@ -1125,15 +1125,24 @@ def check_forward_mode(
 class ModesReport:
     """The result of :func:`check_modes`: one gradient check per mode of autodiff.
 
+    Also the result of ``check_grads`` when it runs several kinds of check at
+    once (e.g. ``modes=("rev", "fwd"), order=2``): then ``reports`` holds
+    ``"order 2"`` too, and ``title`` says so.
+
     Attributes:
       reports: ``{mode: GradCheckReport}`` for the modes that were checked
-        (``"rev"``: ``jax.grad``; ``"fwd"``: ``jax.jvp``).
+        (``"rev"``: ``jax.grad``; ``"fwd"``: ``jax.jvp``; ``"order 2"``: the
+        :class:`BlockCheckReport` of :func:`check_second_order`).
       unsupported: ``{mode: reason}`` for requested modes ``f`` does not have
         (a ``custom_vjp`` function is reverse-only). Not a failure.
+      title: what the headline calls the check.
+      notes: remarks about the whole check (burn-in, datapoints, ...).
     """
 
     reports: dict[str, GradCheckReport]
     unsupported: dict[str, str]
+    title: str = "modes"
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -1166,14 +1175,15 @@ class ModesReport:
             for m, why in self.unsupported.items()
         ]
         status = "PASSED" if self.passed else "FAILED"
-        return f"jaxcheck: modes check {status}: " + ", ".join(parts) + "."
+        return f"jaxcheck: {self.title} check {status}: " + ", ".join(parts) + "."
 
     def __str__(self) -> str:
         lines = [self.headline()]
         for mode, why in self.unsupported.items():
             lines.append(f"  {mode}: {why}")
+        lines.extend(f"  note: {n}" for n in self.notes)
         for mode, r in self.reports.items():
-            lines.append(f"--- mode {mode} ---")
+            lines.append(f"--- {mode} ---")
             lines.append(str(r))
         return "\n".join(lines)
 
@@ -1183,8 +1193,9 @@ class ModesReport:
                  f"{html.escape(self.headline())}</p>"]  # fmt: skip
         for mode, why in self.unsupported.items():
             parts.append(f"<p><b>{html.escape(mode)}</b>: {html.escape(why)}</p>")
+        parts.extend(f"<p>Note: {html.escape(n)}</p>" for n in self.notes)
         for mode, r in self.reports.items():
-            parts.append(f"<h4>mode {html.escape(mode)}</h4>{r._repr_html_()}")
+            parts.append(f"<h4>{html.escape(mode)}</h4>{r._repr_html_()}")
         parts.append("</div>")
         return "".join(parts)
 
@@ -1194,6 +1205,8 @@ class ModesReport:
             "passed": self.passed,
             "reports": {m: r.to_dict() for m, r in self.reports.items()},
             "unsupported": dict(self.unsupported),
+            "title": self.title,
+            "notes": list(self.notes),
         }
 
 

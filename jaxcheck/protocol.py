@@ -1289,3 +1289,151 @@ def assert_deterministic(
             report,
         )
     return report
+
+
+# --------------------------------------------------------------------------- #
+# The whole protocol in one call: what check_grads' protocol keywords run.
+# --------------------------------------------------------------------------- #
+
+#: Keywords of :func:`jaxcheck.check_grads` that :func:`check_second_order`
+#: also takes.
+_SECOND_ORDER_KEYS = (
+    "grad_fn", "coords", "step", "seed", "rtol", "noise_factor", "chunk_size",
+    "max_worst",
+)  # fmt: skip
+
+
+def _add_notes(report: Any, notes: Sequence[str]) -> Any:
+    if not notes:
+        return report
+    return dataclasses.replace(report, notes=tuple(notes) + tuple(report.notes))
+
+
+def run_protocol(
+    f: Any,
+    params: PyTree,
+    *args: Any,
+    burn_in: int = 0,
+    burn_in_options: Mapping[str, Any] | None = None,
+    datapoints: int | None = None,
+    datapoints_options: Mapping[str, Any] | None = None,
+    check_determinism: bool = False,
+    order: int = 1,
+    modes: Sequence[str] = ("rev",),
+    **check_kwargs: Any,
+) -> Any:
+    """The notes' protocol in one call; ``check_grads``'s protocol keywords.
+
+    In order: cut the batch to ``datapoints`` examples
+    (:func:`take_datapoints`); make sure ``f`` is deterministic
+    (:func:`assert_deterministic`); run ``burn_in`` optimisation steps
+    (:func:`run_burn_in`, following ``grad_fn`` when given); then check: the
+    loss terms separately when ``f`` is a dict of terms or returns one
+    (:func:`check_loss_terms`); else every requested mode
+    (:func:`jaxcheck.derivatives.check_modes`) and, with ``order=2``, second
+    derivatives (:func:`jaxcheck.derivatives.check_second_order`). Every step
+    taken is recorded in the report's notes.
+
+    Args:
+      f: the scalar function ``f(params, *args)``, a dict of loss terms, or a
+        function returning one.
+      params: any pytree.
+      *args: held fixed.
+      burn_in: optimisation steps before the check (0: none).
+      burn_in_options: keywords of :func:`run_burn_in` (``learning_rate``,
+        ``optimizer``, ``on_failure``).
+      datapoints: keep this many examples of the batch arguments (None: all).
+      datapoints_options: keywords of :func:`take_datapoints` (``axis``,
+        ``argnums``, ``seed``).
+      check_determinism: evaluate ``f`` twice first and raise
+        :class:`NondeterminismError` if the values differ.
+      order: 1, or 2 to check second derivatives too.
+      modes: a subset of ``("rev", "fwd")``.
+      **check_kwargs: the other keywords of :func:`jaxcheck.check_grads`.
+
+    Returns:
+      a :class:`jaxcheck.GradCheckReport` when one check runs (``order=1``,
+      ``modes=("rev",)``); a :class:`LossTermsReport` for loss terms; else a
+      :class:`jaxcheck.derivatives.ModesReport` with one report per check
+      (``"rev"``, ``"fwd"``, ``"order 2"``).
+
+    Raises:
+      NondeterminismError: with ``check_determinism=True``, when ``f`` is not
+        deterministic.
+      BurnInError: when the burn-in fails and ``burn_in_options`` says
+        ``on_failure="raise"``.
+      ValueError: for ``order`` not 1 or 2, or loss terms combined with
+        ``order=2`` or forward mode.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxcheck.protocol import run_protocol
+      >>> loss = lambda w, x: jnp.mean(jnp.tanh(x @ w) ** 2)
+      >>> report = run_protocol(loss, jnp.ones(3) * 0.1, jnp.ones((32, 3)),
+      ...                       datapoints=2, burn_in=3, order=2)
+      >>> report.headline()
+      'jaxcheck: protocol check PASSED: rev passed, order 2 passed.'
+      >>> report.notes[0][:43], report.notes[1][:31]
+      ('few datapoints: checked on 2 of 32 examples', 'burn-in: 3 steps of SGD (learni')
+    """
+    from . import derivatives
+
+    if order not in (1, 2) or isinstance(order, bool):
+        raise ValueError(
+            f"`order` must be 1 (gradients) or 2 (second derivatives too), got "
+            f"{order!r}."
+        )
+    if isinstance(modes, str):
+        modes = (modes,)
+    modes = tuple(modes)
+    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
+        raise ValueError(f"`burn_in` must be an int >= 0 steps, got {burn_in!r}.")
+    notes: list[str] = []
+    if datapoints is not None:
+        args, cut = take_datapoints(args, datapoints, **dict(datapoints_options or {}))
+        notes.append(cut.describe())
+    terms = isinstance(f, Mapping) or is_loss_terms(f, params, *args)
+    if terms and (order != 1 or modes != ("rev",)):
+        raise ValueError(
+            "Loss terms are checked with `order=1` and `modes=('rev',)` only; got "
+            f"order={order!r}, modes={modes!r}. Check the sum of the terms with the "
+            "other options separately."
+        )
+    if check_kwargs.get("grad_fn", 0) is None:
+        del check_kwargs["grad_fn"]  # check_grads passes its default along
+    grad_fn = check_kwargs.get("grad_fn")
+    if terms and grad_fn is not None:
+        raise TypeError(
+            "Loss terms take hand-written gradients per term; call "
+            "`check_loss_terms(terms, params, *args, grad_fns={name: grad_fn})`."
+        )
+    loss = _SumOf(tuple(_resolve_terms(f, params, args).values())) if terms else f
+    if check_determinism:
+        det = assert_deterministic(loss, params, *args, grad_fn=grad_fn)
+        notes.append(
+            "determinism: f and its gradient agreed over repeated evaluations"
+            + (f"; PRNG keys held fixed: {', '.join(det.keys)}" if det.keys else "")
+        )
+    if burn_in:
+        options = dict(burn_in_options or {})
+        result = run_burn_in(
+            loss, params, *args, steps=burn_in, grad_fn=None if terms else grad_fn,
+            _stacklevel=3, **options,
+        )  # fmt: skip
+        params = result.params
+        notes.append(result.summary())
+    if terms:
+        return _add_notes(check_loss_terms(f, params, *args, **check_kwargs), notes)
+    if order == 1 and modes == ("rev",):
+        return _add_notes(_check_grads()(f, params, *args, **check_kwargs), notes)
+    by_modes = derivatives.check_modes(f, params, *args, modes=modes, **check_kwargs)
+    reports = dict(by_modes.reports)
+    if order == 2:
+        second = {k: v for k, v in check_kwargs.items() if k in _SECOND_ORDER_KEYS}
+        reports["order 2"] = derivatives.check_second_order(f, params, *args, **second)
+    return derivatives.ModesReport(
+        reports=reports,
+        unsupported=dict(by_modes.unsupported),
+        title="protocol" if order == 2 else "modes",
+        notes=tuple(notes),
+    )

@@ -29,6 +29,7 @@ from jaxcheck.protocol import (
     check_loss_terms,
     is_loss_terms,
     run_burn_in,
+    run_protocol,
     take_datapoints,
 )
 
@@ -451,3 +452,46 @@ def test_protocol_notebook_executes_without_outputs_stored():
     assert "loss-term check FAILED: data passed, reg FAILED, sum passed" in text
     assert "order 2: jaxcheck: second-order check FAILED" in text
     assert "['W'][123, 45]" in text
+
+
+# --------------------------------------------------------------------------- #
+# run_protocol: what check_grads' protocol keywords dispatch to.
+# --------------------------------------------------------------------------- #
+
+
+def test_run_protocol_burn_in_and_datapoints_are_recorded():
+    w0, x, y = _svm_data()
+    plain = run_protocol(svm_loss, w0, x, y, grad_fn=svm_grad_every_margin_violated)
+    assert plain.passed and plain.notes == ()
+    report = run_protocol(
+        svm_loss, w0, x, y, grad_fn=svm_grad_every_margin_violated, burn_in=10,
+        burn_in_options={"learning_rate": 0.01}, datapoints=6,
+    )  # fmt: skip
+    assert not report.passed
+    assert report.notes[0].startswith("few datapoints: checked on 6 of 12")
+    assert report.notes[1].startswith("burn-in: 10 steps of SGD")
+
+
+def test_run_protocol_routes_terms_modes_and_order_two():
+    w, x, t = _regression()
+
+    def terms(w, x, t):
+        return {"data": data_loss(w, x, t), "reg": reg_loss_buggy(w, x, t)}
+
+    with pytest.warns(DominatedTermWarning):
+        report = run_protocol(terms, w, x, t, rtol=1e-4, grad_fn=None)
+    assert isinstance(report, LossTermsReport) and report.failed_terms == ("reg",)
+    both = run_protocol(data_loss, w, x, t, order=2, modes=("rev", "fwd"))
+    assert both.title == "protocol" and both.passed
+    assert set(both.reports) == {"rev", "fwd", "order 2"}
+    with pytest.raises(ValueError, match="`order` must be 1"):
+        run_protocol(data_loss, w, x, t, order=3)
+    with pytest.raises(ValueError, match="order=1"):
+        run_protocol(terms, w, x, t, order=2)
+    with pytest.raises(TypeError, match="grad_fns"):
+        run_protocol(terms, w, x, t, grad_fn=data_loss)
+    with pytest.raises(NondeterminismError):
+        run_protocol(
+            lambda w, x, t: data_loss(w, x, t) * np.random.default_rng().random(),
+            w, x, t, check_determinism=True,
+        )  # fmt: skip
