@@ -386,6 +386,9 @@ def check_after_burn_in(
       the :class:`jaxcheck.GradCheckReport` at the burned-in point; a note
       records the burn-in and its losses.
 
+    Raises:
+      BurnInError: with ``on_failure="raise"``, when the loss did not go down.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from jaxcheck.protocol import check_after_burn_in
@@ -648,6 +651,16 @@ def is_loss_terms(f: Any, params: PyTree, *args: Any) -> bool:
 
     For ``check_grads`` to route such an ``f`` to :func:`check_loss_terms`; it
     traces ``f`` abstractly (``jax.eval_shape``) without running it.
+
+    Args:
+      f: a mapping of loss functions, or a function called as ``f(params, *args)``.
+      params: the parameters ``f`` takes.
+      *args: the other arguments of ``f``.
+
+    Returns:
+      True for a mapping, or a function whose output is a mapping; False
+      otherwise (including when tracing ``f`` fails: ``check_grads`` then
+      reports the error itself).
 
     Examples:
       >>> import jax.numpy as jnp
