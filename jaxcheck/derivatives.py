@@ -968,7 +968,7 @@ def _check_grads() -> Callable[..., GradCheckReport]:
 # --------------------------------------------------------------------------- #
 
 
-class ForwardModeUnsupported(TypeError):
+class ForwardModeUnsupportedError(TypeError):
     """Raised by :func:`check_forward_mode` when ``f`` has no forward mode
     (it contains a ``jax.custom_vjp`` function)."""
 
@@ -1086,7 +1086,7 @@ def check_forward_mode(
       ``"jax.jvp (forward mode)"``.
 
     Raises:
-      ForwardModeUnsupported: (a ``TypeError``) if ``f`` contains a
+      ForwardModeUnsupportedError: (a ``TypeError``) if ``f`` contains a
         ``jax.custom_vjp`` function; use :func:`check_modes`, which reports such
         a function as reverse-only instead.
 
@@ -1110,7 +1110,7 @@ def check_forward_mode(
         )
     unsupported = _mode_support(f, params, args).get("fwd")
     if unsupported:
-        raise ForwardModeUnsupported(
+        raise ForwardModeUnsupportedError(
             f"`f` cannot be checked in forward mode: {unsupported}. Use "
             "`check_modes(f, params, ...)`, which reports it as reverse-only, or "
             "check reverse mode alone with `check_grads`."

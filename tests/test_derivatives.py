@@ -15,7 +15,7 @@ from jaxcheck import GradCheckReport, check_grads
 from jaxcheck.derivatives import (
     BlockCheckReport,
     DirectionsReport,
-    ForwardModeUnsupported,
+    ForwardModeUnsupportedError,
     ModesReport,
     MultiPointReport,
     check_directions,
@@ -151,7 +151,7 @@ def test_custom_vjp_is_reverse_only_not_an_error():
     assert "fwd unsupported (reverse-only)" in report.headline()
     with pytest.raises(KeyError, match="reverse-only"):
         report.report("fwd")
-    with pytest.raises(ForwardModeUnsupported, match="check_modes"):
+    with pytest.raises(ForwardModeUnsupportedError, match="check_modes"):
         check_forward_mode(loss, jnp.array([1.0, 2.0]))
 
 
