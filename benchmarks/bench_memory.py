@@ -123,10 +123,19 @@ def measure(
     result = json.loads(start_line)
     t0 = time.perf_counter()
     peak = 0
+    peak_at = 0.0
     timed_out = False
     # Poll the child's peak counter until it exits (or the timeout).
+    trace = []  # (seconds since the check started, RSS MiB), every ~0.5 s
     while proc.poll() is None:
-        peak = max(peak, _status(proc.pid).get("VmHWM", 0))
+        st = _status(proc.pid)
+        if st.get("VmHWM", 0) > peak:
+            peak_at = time.perf_counter() - t0
+        peak = max(peak, st.get("VmHWM", 0))
+        if not trace or time.perf_counter() - t0 - trace[-1][0] >= 0.5:
+            trace.append(
+                (round(time.perf_counter() - t0, 1), st.get("VmRSS", 0) // MiB)
+            )
         if time.perf_counter() - t0 > timeout:
             timed_out = True
             peak = max(peak, _status(proc.pid).get("VmHWM", 0))
@@ -147,6 +156,8 @@ def measure(
         timed_out=timed_out,
         wall=time.perf_counter() - t0,
         returncode=proc.returncode,
+        peak_at=round(peak_at, 1),
+        trace=trace,
     )
     return result
 
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-bytes", type=int, default=None, help=argparse.SUPPRESS
     )
+    parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     target = int(args.params)
 
@@ -209,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         label = "default" if budget_mb is None else f"{budget_mb:g} MiB"
         print(f"budget {label} ...", flush=True)
         r = measure(target, budget_mb, args.timeout, args.chunk_size)
-        print("  " + json.dumps(r), flush=True)
+        print("  " + json.dumps({k: v for k, v in r.items() if k != "trace"}))
+        print(f"  RSS MiB over time: {r.get('trace', [])[:40]}", flush=True)
         if "error" in r:
             rows.append([label, "error", r["error"], "", "", "", "", ""])
             all_ok = False
@@ -220,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             f"cut at {args.timeout:g} s"
             if r["timed_out"]
             else f"{r['seconds']:.1f} s, passed={r.get('passed')}"
-        )
+        ) + f"; peak at {r['peak_at']:g} s"
         rows.append(
             [
                 label,
