@@ -14,7 +14,35 @@ from .check import assert_grads as assert_grads
 from .check import check_grads as check_grads
 from .compare import band_counts as band_counts
 from .compare import relative_error as relative_error
+from .derivatives import BlockCheckReport as BlockCheckReport
+from .derivatives import DirectionsReport as DirectionsReport
+from .derivatives import ForwardModeUnsupportedError as ForwardModeUnsupportedError
+from .derivatives import ModesReport as ModesReport
+from .derivatives import MultiPointReport as MultiPointReport
+from .derivatives import check_directions as check_directions
+from .derivatives import check_forward_mode as check_forward_mode
+from .derivatives import check_jacobian as check_jacobian
+from .derivatives import check_modes as check_modes
+from .derivatives import check_points as check_points
+from .derivatives import check_second_order as check_second_order
+from .derivatives import check_vjp as check_vjp
+from .derivatives import directions_for_risk as directions_for_risk
+from .derivatives import miss_probability as miss_probability
+from .derivatives import stack_points as stack_points
 from .engine import default_memory_budget as default_memory_budget
+from .protocol import BurnInError as BurnInError
+from .protocol import BurnInWarning as BurnInWarning
+from .protocol import DeterminismReport as DeterminismReport
+from .protocol import DominatedTermWarning as DominatedTermWarning
+from .protocol import LossTermsReport as LossTermsReport
+from .protocol import NondeterminismError as NondeterminismError
+from .protocol import assert_deterministic as assert_deterministic
+from .protocol import burn_in as burn_in
+from .protocol import check_after_burn_in as check_after_burn_in
+from .protocol import check_determinism as check_determinism
+from .protocol import check_few_datapoints as check_few_datapoints
+from .protocol import check_loss_terms as check_loss_terms
+from .protocol import take_datapoints as take_datapoints
 from .report import CoordResult as CoordResult
 from .report import GradCheckReport as GradCheckReport
 from .report import GradientCheckError as GradientCheckError
@@ -24,19 +52,47 @@ from .report import SkippedLeaf as SkippedLeaf
 __version__ = "0.1.0"
 
 __all__ = (
+    "BlockCheckReport",
+    "BurnInError",
+    "BurnInWarning",
     "CoordResult",
+    "DeterminismReport",
+    "DirectionsReport",
+    "DominatedTermWarning",
+    "ForwardModeUnsupportedError",
     "GradCheckReport",
     "GradientCheckError",
     "LeafReport",
+    "LossTermsReport",
+    "ModesReport",
+    "MultiPointReport",
+    "NondeterminismError",
     "SkippedLeaf",
+    "assert_deterministic",
     "assert_grads",
     "band_counts",
+    "burn_in",
+    "check_after_burn_in",
+    "check_determinism",
+    "check_directions",
+    "check_few_datapoints",
+    "check_forward_mode",
     "check_grads",
-    "default_memory_budget",
+    "check_jacobian",
+    "check_loss_terms",
+    "check_modes",
+    "check_points",
+    "check_second_order",
+    "check_vjp",
     "data",
+    "default_memory_budget",
+    "directions_for_risk",
     "examples",
+    "miss_probability",
     "monitor",
     "plots",
-    "sanity",
     "relative_error",
+    "sanity",
+    "stack_points",
+    "take_datapoints",
 )
