@@ -28,12 +28,19 @@ BAND_NAMES: tuple[str, ...] = tuple(name for name, _ in BANDS)
 #: should be happy"; above it a smooth function is not right).
 SMOOTH_RTOL = 1e-7
 
+#: Relative-error bar for functions with kinks (the notes: "1e-4 > relative
+#: error is usually okay for objectives with kinks").
+KINK_RTOL = 1e-4
+
+#: Largest default bar for a function that computes in a low precision.
+LOW_PRECISION_MAX_RTOL = 1e-1
+
 #: Default allowance for round-off, in units of ``eps * |f| / h``.
 DEFAULT_NOISE_FACTOR = 64.0
 
-Verdict = Literal["ok", "wrong", "untestable"]
-OK, WRONG, UNTESTABLE = 0, 1, 2
-VERDICT_NAMES: tuple[Verdict, ...] = ("ok", "wrong", "untestable")
+Verdict = Literal["ok", "wrong", "untestable", "kink"]
+OK, WRONG, UNTESTABLE, KINK = 0, 1, 2, 3
+VERDICT_NAMES: tuple[Verdict, ...] = ("ok", "wrong", "untestable", "kink")
 
 
 def relative_error(analytic: ArrayLike, numeric: ArrayLike) -> np.ndarray:
@@ -147,6 +154,159 @@ def default_bar(rtol: float | None = None, noise_factor: float | None = None) ->
             "(smooth, float64), 1e-4 (functions with kinks), 1e-2 (very deep nets)."
         )
     return Bar(rtol, f"rtol={rtol!r} given by the caller", nf)
+
+
+def low_precision_rtol(eps: float) -> float:
+    """The default bar when ``f`` computes with machine epsilon ``eps`` inside.
+
+    ``10 * sqrt(eps)`` (3.5e-3 for float32), at least the smooth bar and at most
+    :data:`LOW_PRECISION_MAX_RTOL`: round-off of a float32 computation leaves
+    relative errors near 1e-3 in a correct gradient.
+
+    Examples:
+      >>> round(low_precision_rtol(1.1920929e-07), 5)
+      0.00345
+    """
+    return float(min(LOW_PRECISION_MAX_RTOL, max(SMOOTH_RTOL, 10.0 * np.sqrt(eps))))
+
+
+def choose_bar(
+    rtol: float | None = None,
+    noise_factor: float | None = None,
+    *,
+    kinks: str | None = None,
+    low_precision: tuple[str, float] | None = None,
+    depth: int | None = None,
+) -> Bar:
+    """The bar of a check, chosen from what the jaxpr of ``f`` says.
+
+    Args:
+      rtol: an explicit bar from the caller; it always wins.
+      noise_factor: the round-off allowance in units of ``eps * |f| / h``.
+      kinks: a summary of the kink-capable primitives of ``f`` (``None`` or
+        ``""`` for a smooth function).
+      low_precision: ``(dtype name, eps)`` when ``f`` computes in a float type
+        narrower than the check's, else ``None``.
+      depth: the longest chain of matrix products / convolutions, stated in
+        the reason.
+
+    Returns:
+      a :class:`Bar` whose ``reason`` says which case applied.
+
+    Raises:
+      ValueError: if ``rtol`` or ``noise_factor`` is invalid.
+
+    Examples:
+      >>> choose_bar().rtol, choose_bar(kinks="max in relu").rtol
+      (1e-07, 0.0001)
+      >>> choose_bar(1e-3, kinks="max in relu").reason
+      'rtol=0.001 given by the caller (f has kinks: max in relu)'
+    """
+    base = default_bar(rtol, noise_factor)
+    deep = ""
+    if depth is not None and depth > 0:
+        deep = (
+            f"; depth {depth} (matrix products / convolutions in a chain): errors "
+            "grow with depth, pass `rtol=` for a very deep network"
+        )
+    if rtol is not None:
+        extra = []
+        if kinks:
+            extra.append(f"f has kinks: {kinks}")
+        if low_precision:
+            extra.append(f"f computes in {low_precision[0]} inside")
+        reason = base.reason + (f" ({'; '.join(extra)})" if extra else "")
+        return Bar(base.rtol, reason, base.noise_factor)
+    if low_precision:
+        name, eps = low_precision
+        value = low_precision_rtol(eps)
+        return Bar(
+            value,
+            f"low precision: f computes in {name} inside (eps {eps:.1e}), so relative "
+            f"errors near {10 * np.sqrt(eps):.0e} are expected in a correct gradient; "
+            f"bar 10*sqrt(eps){deep}",
+            base.noise_factor,
+        )
+    if kinks:
+        return Bar(
+            KINK_RTOL,
+            f"kinked: f has kink-capable primitives ({kinks}); the notes' bar for "
+            f"objectives with kinks (relative error < 1e-4){deep}",
+            base.noise_factor,
+        )
+    return Bar(
+        SMOOTH_RTOL,
+        "smooth: no kink-capable primitive depends on the parameters; the notes' "
+        f"bar for smooth functions (relative error < 1e-7){deep}",
+        base.noise_factor,
+    )
+
+
+def subgradient_verdicts(
+    analytic: ArrayLike,
+    left: ArrayLike,
+    right: ArrayLike,
+    left_noise: ArrayLike,
+    right_noise: ArrayLike,
+    rtol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Judges gradients at a kink against the one-sided derivatives there.
+
+    At a kink of a max/ReLU/hinge the derivative jumps from ``left`` to
+    ``right``; any value between them is a valid (Clarke) subgradient, and an
+    autodiff system returns one of them. A value outside the interval, by more
+    than ``rtol`` relative plus the round-off of the one-sided estimates, is
+    wrong. NaN marks a side that could not be estimated (another kink too
+    close): with one side missing, only a match with the other side confirms.
+
+    Args:
+      analytic: the analytic gradient entries.
+      left: left derivatives (NaN where unknown).
+      right: right derivatives (NaN where unknown).
+      left_noise: absolute round-off of the left estimates.
+      right_noise: absolute round-off of the right estimates.
+      rtol: the relative-error bar.
+
+    Returns:
+      ``(codes, distance)``: ``KINK`` (confirmed: a subgradient), ``WRONG``
+      (outside the interval), or ``UNTESTABLE`` (not decidable here), and the
+      relative distance of the analytic value from the interval.
+
+    Examples:
+      >>> codes, dist = subgradient_verdicts([0.0, 0.5, 2.0, 0.3], [0.0, 0.0, 0.0, np.nan],
+      ...                                    [1.0, 1.0, 1.0, 1.0], 1e-9, 1e-9, 1e-4)
+      >>> codes.tolist(), dist.round(3).tolist()
+      ([3, 3, 1, 2], [0.0, 0.0, 0.5, 0.7])
+    """
+    a = np.asarray(analytic, dtype=np.float64)
+    lft = np.asarray(left, dtype=np.float64)
+    rgt = np.asarray(right, dtype=np.float64)
+    ln = np.broadcast_to(np.asarray(left_noise, dtype=np.float64), a.shape)
+    rn = np.broadcast_to(np.asarray(right_noise, dtype=np.float64), a.shape)
+    have_l, have_r = np.isfinite(lft), np.isfinite(rgt)
+    both = have_l & have_r
+    lo = np.where(both, np.minimum(lft, rgt), np.where(have_l, lft, rgt))
+    hi = np.where(both, np.maximum(lft, rgt), np.where(have_l, lft, rgt))
+    noise = np.where(both, np.maximum(ln, rn), np.where(have_l, ln, rn))
+    with np.errstate(invalid="ignore"):
+        scale = np.maximum(np.abs(a), np.maximum(np.abs(lo), np.abs(hi)))
+        tol = rtol * scale + noise
+        dist = np.maximum(lo - a, a - hi)
+        dist = np.maximum(dist, 0.0)
+        rel = np.where(scale > 0, dist / np.where(scale > 0, scale, 1.0), 0.0)
+        inside = dist <= tol
+    one = have_l ^ have_r
+    codes = np.where(
+        ~np.isfinite(a),
+        WRONG,
+        np.where(
+            ~(have_l | have_r),
+            UNTESTABLE,
+            np.where(inside, KINK, np.where(one, UNTESTABLE, WRONG)),
+        ),
+    )
+    rel = np.where(have_l | have_r, rel, np.nan)
+    return codes.astype(np.int64), rel
 
 
 def verdicts(

@@ -158,19 +158,21 @@ def _block(
     fn: LeafFunction,
     x_flat: jax.Array,
     idx_block: jax.Array,
-    step: jax.Array,
+    step_block: jax.Array,
     dyn_params: Sequence[Any],
     dyn_args: Sequence[Any],
 ) -> tuple[jax.Array, jax.Array]:
-    """``f(x ± h e_i)`` for ``idx_block`` of shape ``(num_chunks, chunk)``."""
+    """``f(x ± h e_i)`` for ``idx_block`` of shape ``(num_chunks, chunk)``;
+    ``step_block`` is one step per coordinate (same shape) or a scalar."""
+    step_block = jnp.broadcast_to(step_block, idx_block.shape)
 
-    def one(i: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def one(i: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
         xi = x_flat[i]
         plus = fn(x_flat.at[i].set(xi + step), dyn_params, dyn_args)
         minus = fn(x_flat.at[i].set(xi - step), dyn_params, dyn_args)
         return plus, minus
 
-    return jax.lax.map(jax.vmap(one), idx_block)
+    return jax.lax.map(lambda blk: jax.vmap(one)(*blk), (idx_block, step_block))
 
 
 _block_jit = jax.jit(_block, static_argnums=0)
@@ -279,24 +281,29 @@ def central_differences(
     fn: LeafFunction,
     x_flat: jax.Array,
     indices: np.ndarray,
-    step: float,
+    step: float | np.ndarray,
     dyn_params: Sequence[Any],
     dyn_args: Sequence[Any],
     *,
     chunk_size: int,
     on_progress: Callable[[int], None] | None = None,
+    chunks_per_call: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``f(x + h e_i)`` and ``f(x - h e_i)`` for every flat index ``i`` in ``indices``.
 
     Args:
       fn: the function of the flattened leaf.
       x_flat: the leaf, flattened, in the dtype of the check (float64).
-      indices: flat coordinate indices into ``x_flat``.
-      step: the step ``h``.
+      indices: flat coordinate indices into ``x_flat`` (may repeat).
+      step: the step ``h``, or one step per entry of ``indices``.
       dyn_params: the dynamic parameter leaves (unbatched).
       dyn_args: the dynamic argument leaves (unbatched).
       chunk_size: coordinates per vmapped batch.
       on_progress: called with the number of coordinates finished by each call.
+      chunks_per_call: when given, every compiled call holds exactly this many
+        chunks (the last one padded), so that calls with any number of
+        coordinates reuse one compilation. By default calls hold up to
+        :data:`CHUNKS_PER_CALL` chunks and the last one only what is left.
 
     Returns:
       ``(f_plus, f_minus)``, float64 NumPy arrays of ``len(indices)``.
@@ -313,29 +320,195 @@ def central_differences(
     n = len(indices)
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    chunk = max(1, min(int(chunk_size), n))
+    steps_arr = np.broadcast_to(np.asarray(step, dtype=np.float64), (n,))
+    # With a fixed call shape the chunk stays as given (one compilation).
+    chunk = max(1, int(chunk_size) if chunks_per_call else min(int(chunk_size), n))
     num_chunks = -(-n // chunk)
-    per_call = min(CHUNKS_PER_CALL, num_chunks)
-    h = jnp.asarray(step, dtype=x_flat.dtype)
+    per_call = chunks_per_call or min(CHUNKS_PER_CALL, num_chunks)
+    int_dtype = np.int32 if x_flat.size < 2**31 else np.int64
     plus_parts, minus_parts = [], []
-    done = 0
     start_chunk = 0
     while start_chunk < num_chunks:
-        nblk = min(per_call, num_chunks - start_chunk)
+        nblk = per_call if chunks_per_call else min(per_call, num_chunks - start_chunk)
         lo = start_chunk * chunk
         hi = min(n, (start_chunk + nblk) * chunk)
-        block = np.zeros(
-            nblk * chunk, dtype=np.int32 if x_flat.size < 2**31 else np.int64
-        )
+        block = np.zeros(nblk * chunk, dtype=int_dtype)
         block[: hi - lo] = indices[lo:hi]
         block[hi - lo :] = indices[lo]  # pad with a valid index; results dropped
+        hs = np.full(nblk * chunk, steps_arr[lo])
+        hs[: hi - lo] = steps_arr[lo:hi]
         fp, fm = _block_jit(
-            fn, x_flat, jnp.asarray(block.reshape(nblk, chunk)), h, dyn_params, dyn_args
+            fn,
+            x_flat,
+            jnp.asarray(block.reshape(nblk, chunk)),
+            jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype),
+            dyn_params,
+            dyn_args,
         )
         plus_parts.append(np.asarray(fp, dtype=np.float64).reshape(-1)[: hi - lo])
         minus_parts.append(np.asarray(fm, dtype=np.float64).reshape(-1)[: hi - lo])
-        done += hi - lo
         if on_progress is not None:
             on_progress(hi - lo)
         start_chunk += nblk
     return np.concatenate(plus_parts), np.concatenate(minus_parts)
+
+
+def call_shapes(num: int, chunk_size: int) -> tuple[int, ...]:
+    """The chunks per compiled call :func:`central_differences` uses for ``num``
+    coordinates (by default), smallest first.
+
+    Examples:
+      >>> call_shapes(1000, 8)  # 125 chunks: calls of 64 and 61 chunks
+      (61, 64)
+    """
+    chunk = max(1, min(int(chunk_size), num))
+    num_chunks = -(-num // chunk)
+    per_call = min(CHUNKS_PER_CALL, num_chunks)
+    shapes = {per_call}
+    if num_chunks % per_call:
+        shapes.add(num_chunks % per_call)
+    return tuple(sorted(shapes))
+
+
+def _eval_block(
+    fn: Callable[..., Any],
+    x_flat: jax.Array,
+    idx_block: jax.Array,
+    delta_block: jax.Array,
+    dyn_params: Sequence[Any],
+    dyn_args: Sequence[Any],
+) -> Any:
+    """``fn(x + delta[r, k] e_{idx[r]})`` for blocks of shape ``(num_chunks, chunk)``
+    of rows, ``K`` offsets per row (``delta_block`` has shape
+    ``(num_chunks, chunk, K)``)."""
+    num_offsets = delta_block.shape[-1]
+    paired = hasattr(fn, "pair") and num_offsets == 2
+
+    def one(i: jax.Array, d: jax.Array) -> Any:
+        xi = x_flat[i]
+        if paired:
+            return fn.pair(
+                x_flat.at[i].set(xi + d[0]), x_flat.at[i].set(xi + d[1]),
+                dyn_params, dyn_args,
+            )  # fmt: skip
+        outs = [
+            fn(x_flat.at[i].set(xi + d[k]), dyn_params, dyn_args)
+            for k in range(num_offsets)
+        ]
+        return jax.tree_util.tree_map(lambda *r: jnp.stack(r), *outs)
+
+    return jax.lax.map(lambda blk: jax.vmap(one)(*blk), (idx_block, delta_block))
+
+
+_eval_block_jit = jax.jit(_eval_block, static_argnums=0)
+
+
+def evaluate(
+    fn: Callable[..., Any],
+    x_flat: jax.Array,
+    indices: np.ndarray,
+    deltas: np.ndarray,
+    dyn_params: Sequence[Any],
+    dyn_args: Sequence[Any],
+    *,
+    chunk_size: int,
+    chunks_per_call: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``f(x + deltas[r, k] e_i)`` for every row ``r`` (``i = indices[r]``) and
+    offset ``k``: the general form of :func:`central_differences`.
+
+    Rows are batched with :func:`jax.vmap` and chunked with :func:`jax.lax.map`
+    exactly like the centered differences. Every compiled call holds
+    ``chunks_per_call`` chunks (the last one padded), so that all calls for one
+    leaf, whatever their number of rows, share one compilation. ``fn`` may
+    return ``(value, words)``, as a :class:`jaxcheck.kinks.WinnerTracker` does;
+    the words then come back as well, and with two offsets per row a tracker's
+    ``pair`` also counts the decisions that differ between them.
+
+    Args:
+      fn: a function of the flattened leaf, like :class:`LeafFunction`.
+      x_flat: the leaf, flattened.
+      indices: flat coordinate index of every row, shape ``(R,)``.
+      deltas: offsets added to that coordinate, shape ``(R, K)``.
+      dyn_params: the dynamic parameter leaves (unbatched).
+      dyn_args: the dynamic argument leaves (unbatched).
+      chunk_size: rows per vmapped batch.
+      chunks_per_call: chunks per compiled call (default: as many as needed, at
+        most :data:`CHUNKS_PER_CALL`).
+      on_progress: called with the number of rows finished by each call.
+
+    Returns:
+      ``(values, words, changed)``: float64 values of shape ``(R, K)``; the
+      uint32 words of shape ``(R, K, S)`` when ``fn`` returns them (else
+      ``None``); the number of decisions per site that differ between the two
+      offsets of a row, shape ``(R, S)``, for a tracker with ``K = 2`` (else
+      ``None``).
+
+    Examples:
+      >>> import jax.tree_util as jtu
+      >>> fn = LeafFunction(lambda p: jnp.sum(p ** 3), jtu.tree_structure(0.0), 1,
+      ...                   {}, jtu.tree_structure(()), 0, {}, 0, (2,))
+      >>> x = jnp.array([1.0, 2.0])
+      >>> v, _, _ = evaluate(fn, x, np.array([0, 1]),
+      ...                    np.array([[0.0, 1.0], [0.0, -1.0]]), [x], [], chunk_size=2)
+      >>> v.tolist()  # f(x), f(x + e_0); f(x), f(x - e_1)
+      [[9.0, 16.0], [9.0, 2.0]]
+    """
+    indices = np.asarray(indices)
+    deltas = np.asarray(deltas, dtype=np.float64)
+    n = len(indices)
+    if deltas.ndim != 2 or deltas.shape[0] != n:
+        raise ValueError(
+            f"`deltas` must have shape (len(indices), K) = ({n}, K), got "
+            f"{deltas.shape}."
+        )
+    num_offsets = deltas.shape[1]
+    if n == 0:
+        return np.zeros((0, num_offsets)), None, None
+    chunk = max(1, int(chunk_size) if chunks_per_call else min(int(chunk_size), n))
+    num_chunks = -(-n // chunk)
+    per_call = chunks_per_call or min(CHUNKS_PER_CALL, num_chunks)
+    int_dtype = np.int32 if x_flat.size < 2**31 else np.int64
+    val_parts, word_parts, count_parts = [], [], []
+    start = 0
+    rows_per_call = per_call * chunk
+    while start < n:
+        stop = min(n, start + rows_per_call)
+        idx = np.full(rows_per_call, indices[start], dtype=int_dtype)
+        idx[: stop - start] = indices[start:stop]
+        dlt = np.zeros((rows_per_call, num_offsets))
+        dlt[: stop - start] = deltas[start:stop]
+        out = _eval_block_jit(
+            fn,
+            x_flat,
+            jnp.asarray(idx.reshape(per_call, chunk)),
+            jnp.asarray(dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype),
+            dyn_params,
+            dyn_args,
+        )
+        if isinstance(out, tuple):
+            vals, words = out[0], out[1]
+            word_parts.append(
+                np.asarray(words).reshape(rows_per_call, num_offsets, -1)[
+                    : stop - start
+                ]
+            )
+            if len(out) > 2:
+                count_parts.append(
+                    np.asarray(out[2]).reshape(rows_per_call, -1)[: stop - start]
+                )
+        else:
+            vals = out
+        val_parts.append(
+            np.asarray(vals, dtype=np.float64).reshape(rows_per_call, num_offsets)[
+                : stop - start
+            ]
+        )
+        if on_progress is not None:
+            on_progress(stop - start)
+        start = stop
+    values = np.concatenate(val_parts)
+    words_all = np.concatenate(word_parts) if word_parts else None
+    counts_all = np.concatenate(count_parts) if count_parts else None
+    return values, words_all, counts_all

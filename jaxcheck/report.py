@@ -54,9 +54,15 @@ class CoordResult:
       analytic: the analytic gradient entry.
       numeric: the centered-difference estimate.
       rel_error: ``|a - n| / max(|a|, |n|)``.
-      verdict: ``"ok"``, ``"wrong"`` or ``"untestable"``.
+      verdict: ``"ok"``, ``"wrong"``, ``"untestable"`` or ``"kink"``.
       f_plus: ``f(x + h e_i)``.
       f_minus: ``f(x - h e_i)``.
+      kink: the decision sites whose winners changed between ``x - h e_i`` and
+        ``x + h e_i`` (empty when no kink was crossed).
+      step: the step of the estimate in ``numeric`` when it is not the leaf's
+        (a re-check with a smaller or larger step), else NaN.
+      resolution: how a kink or untestable coordinate was re-checked, e.g.
+        ``"one-sided derivatives -1 and 1 bracket it (subgradient)"``.
     """
 
     index: tuple[int, ...]
@@ -66,6 +72,9 @@ class CoordResult:
     verdict: str
     f_plus: float = math.nan
     f_minus: float = math.nan
+    kink: str = ""
+    step: float = math.nan
+    resolution: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"index": list(self.index)}
@@ -109,6 +118,20 @@ class LeafReport:
       step: the step ``h`` used for this leaf.
       chunk_size: coordinates per vmapped batch.
       seconds: time spent on this leaf's finite differences.
+      num_kink: coordinates whose finite difference crossed a kink (winners
+        differ between ``x - h e_i`` and ``x + h e_i``) and that were not found
+        wrong by the re-check; not failures.
+      num_kink_confirmed: of those, how many the re-check confirmed (a smaller
+        step avoided the kink, or the analytic value lies between the one-sided
+        derivatives).
+      kink_sites: how many coordinates crossed each decision site (by label).
+      num_kink_crossed: coordinates whose finite difference crossed a kink,
+        including those the re-check found wrong.
+      kinks: examples of kink coordinates, at most ``max_worst``.
+      tracked: whether the winners of this leaf were tracked.
+      num_retried: untestable coordinates retried with a larger step.
+      noise: the median measured round-off noise (standard deviation) of ``f``
+        along this leaf's questioned coordinates; NaN when not measured.
     """
 
     path: str
@@ -124,6 +147,14 @@ class LeafReport:
     step: float
     chunk_size: int = 0
     seconds: float = 0.0
+    num_kink: int = 0
+    num_kink_confirmed: int = 0
+    kink_sites: dict[str, int] = dataclasses.field(default_factory=dict)
+    kinks: tuple[CoordResult, ...] = ()
+    tracked: bool = False
+    num_retried: int = 0
+    noise: float = math.nan
+    num_kink_crossed: int = 0
 
     @property
     def size(self) -> int:
@@ -146,6 +177,7 @@ class LeafReport:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
         d["worst"] = [c.to_dict() for c in self.worst]
+        d["kinks"] = [c.to_dict() for c in self.kinks]
         d["passed"] = self.passed
         return d
 
@@ -167,6 +199,19 @@ class GradCheckReport:
       device: the device the check ran on.
       seconds: wall time of the whole check.
       notes: remarks the reader should see (e.g. untestable coordinates).
+      kink_sites: the kink-capable primitives of ``f`` whose winners were
+        tracked (labels such as ``"max in relu at model.py:12 (loss)"``).
+      untracked: kink-capable primitives on the parameters' path whose winners
+        are not tracked.
+      opaque: primitives jaxcheck cannot see into (callbacks, kernels): kinks
+        inside them are not detected.
+      precision: ``""``, or what lower precision ``f`` computes in (e.g.
+        ``"float32 inside"``).
+      noise_floor: the largest measured round-off noise of ``f`` (standard
+        deviation) along the questioned coordinates; NaN if not measured.
+      strict: whether untestable coordinates fail the check.
+      depth: the longest chain of matrix products / convolutions in ``f``.
+      step_rule: ``"fixed"`` or ``"auto"`` (chosen per leaf).
     """
 
     leaves: tuple[LeafReport, ...]
@@ -181,20 +226,42 @@ class GradCheckReport:
     device: str = ""
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    kink_sites: tuple[str, ...] = ()
+    untracked: tuple[str, ...] = ()
+    opaque: tuple[str, ...] = ()
+    precision: str = ""
+    noise_floor: float = math.nan
+    strict: bool = False
+    depth: int = 0
+    step_rule: str = "fixed"
+
+    def _leaf_fails(self, leaf: LeafReport) -> bool:
+        return not leaf.passed or (self.strict and leaf.num_untestable > 0)
 
     @property
     def passed(self) -> bool:
         """True when no checked coordinate of any leaf is wrong.
 
-        Untestable coordinates do not fail a check; they are counted in
-        :attr:`num_untestable` and shown in the report.
+        Untestable and kink coordinates do not fail a check; they are counted
+        in :attr:`num_untestable` and :attr:`num_kink` and shown in the report.
+        With ``strict=True`` untestable coordinates fail it too.
         """
-        return all(leaf.passed for leaf in self.leaves)
+        return not any(self._leaf_fails(leaf) for leaf in self.leaves)
 
     @property
     def failures(self) -> tuple[LeafReport, ...]:
-        """The leaves with at least one wrong coordinate."""
-        return tuple(leaf for leaf in self.leaves if not leaf.passed)
+        """The leaves with at least one wrong coordinate (or, when strict, an
+        untestable one)."""
+        return tuple(leaf for leaf in self.leaves if self._leaf_fails(leaf))
+
+    @property
+    def num_kink(self) -> int:
+        return sum(leaf.num_kink for leaf in self.leaves)
+
+    @property
+    def has_kinks(self) -> bool:
+        """True when ``f`` has kink-capable primitives (tracked or not)."""
+        return bool(self.kink_sites or self.untracked or self.opaque)
 
     @property
     def num_checked(self) -> int:
@@ -255,6 +322,10 @@ class GradCheckReport:
             )
         if self.num_untestable:
             text += f", {self.num_untestable:,} untestable"
+            if self.strict:
+                text += " (strict: they fail)"
+        if self.num_kink:
+            text += f", {self.num_kink:,} at kinks"
         w = self.worst
         if w is not None:
             where = w[0] + _index_str(w[1].index)
@@ -278,10 +349,22 @@ class GradCheckReport:
                     str(b["probably_wrong"]),
                     str(leaf.num_wrong),
                     str(leaf.num_untestable),
+                    str(leaf.num_kink),
                     leaf.verdict,
                 ]
             )
+            if self._varied_steps():
+                rows[-1].insert(4, f"{leaf.step:.1e}")
         return rows
+
+    def _varied_steps(self) -> bool:
+        return any(leaf.step != self.step for leaf in self.leaves)
+
+    def _header(self) -> list[str]:
+        header = list(self._HEADER)
+        if self._varied_steps():
+            header.insert(4, "h")
+        return header
 
     _HEADER = [
         "leaf",
@@ -295,6 +378,7 @@ class GradCheckReport:
         ">1e-2",
         "wrong",
         "untestable",
+        "kink",
         "verdict",
     ]
 
@@ -304,13 +388,17 @@ class GradCheckReport:
         """The report as text; ``leaves`` restricts the table (e.g. to failures)."""
         leaves = self.leaves if leaves is None else leaves
         lines = [self.headline()]
+        h_text = (
+            f"h={self.step:g}" if self.step_rule == "fixed" else "h chosen per leaf"
+        )
         lines.append(
-            f"  {self.method} differences, h={self.step:g}, {self.dtype}, gradient from "
+            f"  {self.method} differences, {h_text}, {self.dtype}, gradient from "
             f"{self.grad_source}, f={self.f_value:.6g}, on {self.device}"
         )
         lines.append(f"  bar: relative error <= {self.rtol:g} ({self.bar_reason})")
-        rows = [self._HEADER, *self._table_rows(leaves)]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
+        header = self._header()
+        rows = [header, *self._table_rows(leaves)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
             lines.append(
                 "  "
@@ -318,17 +406,59 @@ class GradCheckReport:
             )
         for s in self.skipped:
             lines.append(f"  skipped {s.path} ({s.dtype}): {s.reason}")
+        if self.kink_sites:
+            lines.append(f"  kink sites tracked: {'; '.join(self.kink_sites[:6])}")
+            if len(self.kink_sites) > 6:
+                lines[-1] += f"; {len(self.kink_sites) - 6} more"
+        if self.untracked:
+            lines.append(f"  kink-capable, not tracked: {'; '.join(self.untracked)}")
+        if self.opaque:
+            lines.append(
+                f"  not seen into (kinks inside are not detected): {'; '.join(self.opaque)}"
+            )
+        for leaf in leaves:
+            if leaf.num_kink or leaf.num_kink_crossed:
+                sites = ", ".join(f"{k} ({n})" for k, n in leaf.kink_sites.items())
+                crossed = max(leaf.num_kink_crossed, leaf.num_kink)
+                wrong_here = crossed - leaf.num_kink
+                lines.append(
+                    f"  kinks of {leaf.path}: {crossed} coordinate(s) crossed "
+                    f"{sites}; {leaf.num_kink_confirmed} confirmed by a re-check, "
+                    f"{leaf.num_kink - leaf.num_kink_confirmed} undecided"
+                    + (f", {wrong_here} wrong" if wrong_here else "")
+                )
+                if worst:
+                    for c in leaf.kinks:
+                        lines.append(self._coord_line(leaf, c))
         if worst:
-            for leaf in (leaf for leaf in leaves if not leaf.passed):
-                lines.append(f"  worst coordinates of {leaf.path}:")
+            for leaf in leaves:
+                if leaf.passed and not leaf.num_untestable:
+                    continue
+                title = "worst" if not leaf.passed else "untestable"
+                lines.append(f"  {title} coordinates of {leaf.path}:")
                 for c in leaf.worst:
-                    lines.append(
-                        f"    {leaf.path}{_index_str(c.index)}  analytic={_fmt_val(c.analytic)}"
-                        f"  numeric={_fmt_val(c.numeric)}  rel={_fmt(c.rel_error)}  {c.verdict}"
-                    )
+                    if leaf.passed and c.verdict != "untestable":
+                        continue
+                    lines.append(self._coord_line(leaf, c))
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)
+
+    @staticmethod
+    def _coord_line(leaf: LeafReport, c: CoordResult) -> str:
+        text = (
+            f"    {leaf.path}{_index_str(c.index)}  analytic={_fmt_val(c.analytic)}"
+            f"  numeric={_fmt_val(c.numeric)}  rel={_fmt(c.rel_error)}  {c.verdict}"
+        )
+        if c.verdict == "untestable" and math.isfinite(c.f_plus):
+            text += f"  f(x+h)={_fmt_val(c.f_plus)}  f(x-h)={_fmt_val(c.f_minus)}"
+        if not math.isnan(c.step):
+            text += f"  h={c.step:.1e}"
+        if c.kink:
+            text += f"  [kink: {c.kink}]"
+        if c.resolution:
+            text += f"  ({c.resolution})"
+        return text
 
     def __str__(self) -> str:
         return self.format()
@@ -346,7 +476,7 @@ class GradCheckReport:
             f"<p>{esc(self.method)} differences, h={self.step:g}, {esc(self.dtype)}; "
             f"bar: relative error &le; {self.rtol:g} ({esc(self.bar_reason)})</p>",
             "<table><thead><tr>",
-            "".join(f"<th>{esc(h)}</th>" for h in self._HEADER),
+            "".join(f"<th>{esc(h)}</th>" for h in self._header()),
             "</tr></thead><tbody>",
         ]
         for leaf, row in zip(self.leaves, self._table_rows(self.leaves), strict=True):
@@ -362,15 +492,39 @@ class GradCheckReport:
                 for s in self.skipped
             )
             parts.append("</ul>")
-        for leaf in self.failures:
+        if self.kink_sites or self.untracked or self.opaque:
+            parts.append("<p>Kink-capable primitives:</p><ul>")
+            parts.extend(f"<li>tracked: {esc(k)}</li>" for k in self.kink_sites)
+            parts.extend(f"<li>not tracked: {esc(k)}</li>" for k in self.untracked)
+            parts.extend(
+                f"<li>not seen into (kinks inside are not detected): {esc(k)}</li>"
+                for k in self.opaque
+            )
+            parts.append("</ul>")
+        for leaf in self.leaves:
+            if leaf.num_kink:
+                sites = ", ".join(f"{k} ({n})" for k, n in leaf.kink_sites.items())
+                parts.append(
+                    f"<p>Kinks of <code>{esc(leaf.path)}</code>: {leaf.num_kink} "
+                    f"coordinate(s) crossed {esc(sites)}; {leaf.num_kink_confirmed} "
+                    "confirmed by a re-check.</p>"
+                )
+        for leaf in self.leaves:
+            if leaf.passed and not leaf.num_untestable:
+                continue
+            title = "Worst" if not leaf.passed else "Untestable"
             parts.append(
-                f"<p>Worst coordinates of <code>{esc(leaf.path)}</code>:</p><ul>"
+                f"<p>{title} coordinates of <code>{esc(leaf.path)}</code>:</p><ul>"
             )
             for c in leaf.worst:
+                if leaf.passed and c.verdict != "untestable":
+                    continue
                 parts.append(
                     f"<li><code>{esc(leaf.path + _index_str(c.index))}</code> analytic="
                     f"{c.analytic:+.6e} numeric={c.numeric:+.6e} rel={_fmt(c.rel_error)} "
-                    f"{esc(c.verdict)}</li>"
+                    f"{esc(c.verdict)}"
+                    + (f" ({esc(c.resolution)})" if c.resolution else "")
+                    + "</li>"
                 )
             parts.append("</ul>")
         parts.extend(f"<p>Note: {esc(n)}</p>" for n in self.notes)
@@ -394,7 +548,16 @@ class GradCheckReport:
             "num_checked": self.num_checked,
             "num_wrong": self.num_wrong,
             "num_untestable": self.num_untestable,
+            "num_kink": self.num_kink,
             "max_rel_error": self.max_rel_error,
+            "kink_sites": list(self.kink_sites),
+            "untracked": list(self.untracked),
+            "opaque": list(self.opaque),
+            "precision": self.precision,
+            "noise_floor": None if math.isnan(self.noise_floor) else self.noise_floor,
+            "strict": self.strict,
+            "depth": self.depth,
+            "step_rule": self.step_rule,
             "leaves": [leaf.to_dict() for leaf in self.leaves],
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
