@@ -63,6 +63,9 @@ RETRY_STEP_FACTORS = (1e2, 1e4)
 #: measured; the others use the median of those.
 MAX_NOISE_COORDS = 64
 
+#: The loosest default bar of forward differences (their error is ``O(h)``).
+FORWARD_RTOL = 1e-5
+
 #: Raw gradients below this (in absolute value) are worth a warning (the notes:
 #: "roughly 1e-10 and smaller in absolute value is worrying").
 TINY_GRADIENT = 1e-10
@@ -553,6 +556,9 @@ class _Leaf:
         hs = (ladder[:, None, None] * np.asarray(mults, float)[None, :, None]).reshape(
             -1, 1
         ) * np.ones((1, len(sample)))
+        if not self.tracked:
+            # The main pass's call shapes: the ladder compiles nothing new.
+            self.main_shapes = engine.call_shapes(self.n * len(mults), self.chunk)
         if self.tracked and self.w0 is None:
             _, words, _ = self.rows(self.indices[:1], np.zeros((1, 2)))
             self.w0 = words[0, 0]
@@ -725,22 +731,36 @@ class _Leaf:
                 )
 
     # -- noise and larger steps -------------------------------------------------
-    def measure_noise(self, Q: np.ndarray) -> None:
-        sel = Q[:MAX_NOISE_COORDS]
+    def noise_rows(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``(idx, deltas)`` of the noise estimate along coordinates ``sel``."""
         offs = steps.noise_offsets(self.x_host[sel])  # (m, num, 2)
-        m, num, _ = offs.shape
-        idx = np.repeat(self.indices[sel], num)
-        vals, words, _ = self.rows(idx, offs.reshape(-1, 2))
-        plus = vals[:, 0].reshape(m, num)
-        minus = vals[:, 1].reshape(m, num)
+        return np.repeat(self.indices[sel], offs.shape[1]), offs.reshape(-1, 2)
+
+    def noise_from(
+        self, sel: np.ndarray, vals: np.ndarray, words: np.ndarray | None
+    ) -> np.ndarray:
+        """The noise estimates of ``sel`` from the values of :meth:`noise_rows`
+        (NaN where a kink lies within the points)."""
+        m = len(sel)
+        plus = vals[:, 0].reshape(m, -1)
+        minus = vals[:, 1].reshape(m, -1)
         sig = steps.noise_from_rows(self.f_center, plus, minus)
         if words is not None and self.w0 is not None:
-            same = np.all(words == self.w0, axis=-1).reshape(m, num, 2).all(axis=(1, 2))
+            same = np.all(words == self.w0, axis=-1).reshape(m, -1).all(axis=1)
             sig = np.where(same, sig, np.nan)
-        sig = np.where(np.isfinite(sig), sig, np.nan)
+        return sig
+
+    def measure_noise(self, Q: np.ndarray) -> None:
+        sel = Q[:MAX_NOISE_COORDS]
+        idx, deltas = self.noise_rows(sel)
+        vals, words, _ = self.rows(idx, deltas)
+        self.set_noise(Q, self.noise_from(sel, vals, words))
+
+    def set_noise(self, Q: np.ndarray, sig: np.ndarray) -> None:
+        """Records measured noise for ``Q[:len(sig)]``; the rest get the median."""
         fill = float(np.nanmedian(sig)) if np.isfinite(sig).any() else 0.0
-        self.sigma[sel] = np.where(np.isfinite(sig), sig, fill)
-        self.sigma[Q[MAX_NOISE_COORDS:]] = fill
+        self.sigma[Q[: len(sig)]] = np.where(np.isfinite(sig), sig, fill)
+        self.sigma[Q[len(sig) :]] = fill
         self.sigma_measured = True
         self.noise_median = fill if np.isfinite(sig).any() else math.nan
 
@@ -829,10 +849,11 @@ class _Leaf:
             if a > 0 and abs(self.f_center) > 0:
                 factor = 10.0 ** round(-math.log10(a))
                 hint = f"; scale the loss by ~{factor:.0e} to bring it near 1"
+            noise = f", noise of f {self.sigma[gi]:.1e}" if self.sigma[gi] > 0 else ""
             if not self.resolution[gi]:
                 self.resolution[gi] = (
                     f"below round-off even at h={last_h[q]:.0e}: |a|={a:.1e} against "
-                    f"f={self.f_center:.3e}{hint}"
+                    f"f={self.f_center:.3e}{noise}{hint}"
                 )
 
     # -- report -------------------------------------------------------------------
@@ -1119,6 +1140,15 @@ def _settings(
     bar = compare.choose_bar(
         rtol, noise_factor, kinks=kink_text, low_precision=low, depth=analysis.depth
     )
+    if method == "forward" and rtol is None and bar.rtol < FORWARD_RTOL:
+        bar = compare.Bar(
+            FORWARD_RTOL,
+            bar.reason.split(";")[0].split(" (relative error")[0]
+            + "; forward differences have an O(h) truncation error, so the bar is "
+            f"{FORWARD_RTOL:g} (use the default centered differences for a tighter "
+            "check)",
+            bar.noise_factor,
+        )
     if step is None:
         step_value: float | str = steps.default_step(method, eps)
     else:
@@ -1219,12 +1249,13 @@ def _check(
     if (
         not precision
         and math.isfinite(noise_floor)
-        and noise_floor > 1e4 * eps_check * max(abs(f0), 1e-300)
+        and noise_floor > 1e4 * eps_check * max(abs(f0), 1.0 if f0 == 0 else 0.0)
     ):
         precision = "noise like a lower precision (measured)"
+        relative = f" ({noise_floor / abs(f0):.0e} relative to f)" if f0 else ""
         notes.append(
-            f"the measured round-off noise of f is {noise_floor:.1e} "
-            f"({noise_floor / max(abs(f0), 1e-300):.0e} relative to f), far above "
+            f"the measured round-off noise of f is {noise_floor:.1e}{relative}, far "
+            "above "
             f"{jnp.dtype(target).name} round-off: f may compute in float32 somewhere "
             "jaxcheck cannot see (a callback, a kernel), or sum many large terms that "
             "cancel. Coordinates within that noise are untestable, not wrong."
@@ -1284,12 +1315,14 @@ def _summary_notes(
         )
     for r in leaf_reports:
         largest = max((abs(c.analytic) for c in r.worst + r.kinks), default=0.0)
-        if 0 < largest < TINY_GRADIENT and r.num_untestable:
+        if 0 < largest < max(TINY_GRADIENT, 1e-6 * abs(f0)) and r.num_untestable:
             notes.append(
-                f"the raw gradients of {r.path} are tiny (|a| <= {largest:.1e}; the "
-                "notes: around 1e-10 and smaller is worrying): multiply the loss by a "
-                "constant to bring them near 1, where floats are dense."
+                f"the raw gradients of {r.path or 'params'} are tiny (|a| <= "
+                f"{largest:.1e} against f = {f0:.3g}; the notes: around 1e-10 and "
+                "smaller is worrying): multiply the loss by a constant to bring them "
+                "near 1, where floats are dense."
             )
+
     return notes
 
 
@@ -1367,14 +1400,18 @@ def step_sweep(
             leaf = _Leaf(point, info, k, sel, analytic[info.pos], f0, cfg)
             n, K, M = len(sel), len(ladder), len(mults)
             all_idx = np.arange(n)
-            if leaf.tracked:
-                _, words, _ = leaf.rows(leaf.indices[:1], np.zeros((1, 2)))
-                leaf.w0 = words[0, 0]
-            hs = (np.asarray(ladder)[:, None] * mults[None, :]).reshape(
-                -1, 1
-            ) * np.ones((1, n))
-            plus, minus, wp, wm, _ = leaf.symmetric(all_idx, hs)
-            plus, minus = plus.reshape(n, K, M), minus.reshape(n, K, M)
+            # One call per leaf: the ladder, the noise points, and x itself.
+            hs = (np.asarray(ladder)[:, None] * mults[None, :]).reshape(-1)
+            idx_l, d_l = np.tile(leaf.indices, K * M), np.repeat(hs, n)
+            idx_n, d_n = leaf.noise_rows(all_idx)
+            idx = np.concatenate([idx_l, idx_n, leaf.indices[:1]])
+            deltas = np.concatenate([np.stack([d_l, -d_l], 1), d_n, np.zeros((1, 2))])
+            vals, words, _ = leaf.rows(idx, deltas)
+            nl = len(idx_l)
+            if words is not None:
+                leaf.w0 = words[-1, 0]
+            plus = vals[:nl, 0].reshape(K, M, n).transpose(2, 0, 1)
+            minus = vals[:nl, 1].reshape(K, M, n).transpose(2, 0, 1)
             est = np.full((n, K), np.nan)
             for j, h in enumerate(ladder):
                 d = h * mults[None, :] * np.ones((n, 1))
@@ -1383,11 +1420,15 @@ def step_sweep(
                     leaf.offs(all_idx, -d),
                 )  # fmt: skip
             kink = np.zeros((n, K), dtype=bool)
-            if wp is not None:
-                wp, wm = wp.reshape(n, K, M, -1), wm.reshape(n, K, M, -1)
-                kink = ~(leaf.same_region(wp) & leaf.same_region(wm)).all(axis=-1)
+            if words is not None:
+                S = words.shape[-1]
+                wl = words[:nl].reshape(K, M, n, 2, S).transpose(2, 0, 1, 3, 4)
+                kink = ~leaf.same_region(wl).all(axis=(-1, -2))
             rel = compare.relative_error(leaf.a[:, None], est)
-            leaf.measure_noise(all_idx)
+            sig = leaf.noise_from(
+                all_idx, vals[nl:-1], None if words is None else words[nl:-1]
+            )
+            leaf.set_noise(all_idx, sig)
             sigma = np.where(leaf.sigma > 0, leaf.sigma, np.nan)
             with np.errstate(all="ignore"):
                 med = np.array(
