@@ -846,7 +846,14 @@ class _Leaf:
             gi = U[q]
             a = abs(self.a[gi])
             hint = ""
-            if a > 0 and abs(self.f_center) > 0:
+            f_abs = abs(self.f_center)
+            if a > 0 and f_abs > 0 and a < 1e-6 * f_abs:
+                hint = (
+                    f"; |a|/|f| = {a / f_abs:.0e}: f is dominated by terms this "
+                    "coordinate barely moves; check the terms it enters separately "
+                    "or subtract the rest (scaling the whole loss does not help)"
+                )
+            elif 0 < a < TINY_GRADIENT:
                 factor = 10.0 ** round(-math.log10(a))
                 hint = f"; scale the loss by ~{factor:.0e} to bring it near 1"
             noise = f", noise of f {self.sigma[gi]:.1e}" if self.sigma[gi] > 0 else ""
@@ -1301,8 +1308,9 @@ def _summary_notes(
             + " had a difference within round-off noise of the finite difference "
             f"(|a - n| <= {cfg.bar.noise_factor:g}·eps·|f|/h, or the measured noise of "
             "f), also when retried with larger steps: they are neither confirmed nor "
-            "refuted. Their gradients are tiny compared with |f|; scale the loss up "
-            "or try a larger `step` to resolve them."
+            "refuted. Round-off is relative to |f|: a gradient tiny against |f| is "
+            "resolved by checking the terms it comes from separately or subtracting "
+            "the part of f that does not depend on it, not by scaling the loss."
         )
     n_kink = sum(r.num_kink for r in leaf_reports)
     if n_kink:
@@ -1315,12 +1323,21 @@ def _summary_notes(
         )
     for r in leaf_reports:
         largest = max((abs(c.analytic) for c in r.worst + r.kinks), default=0.0)
-        if 0 < largest < max(TINY_GRADIENT, 1e-6 * abs(f0)) and r.num_untestable:
+        name = r.path or "params"
+        if not (0 < largest and r.num_untestable):
+            continue
+        if largest < 1e-6 * abs(f0):
             notes.append(
-                f"the raw gradients of {r.path or 'params'} are tiny (|a| <= "
-                f"{largest:.1e} against f = {f0:.3g}; the notes: around 1e-10 and "
-                "smaller is worrying): multiply the loss by a constant to bring them "
-                "near 1, where floats are dense."
+                f"the gradients of {name} are tiny compared with f (|a| <= "
+                f"{largest:.1e} against f = {f0:.3g}): f is dominated by terms they "
+                "barely move. Check those terms separately (e.g. "
+                "`jaxcheck.check_loss_terms`) or subtract the constant part of f."
+            )
+        elif largest < TINY_GRADIENT:
+            notes.append(
+                f"the raw gradients of {name} are tiny (|a| <= {largest:.1e}; the "
+                "notes: around 1e-10 and smaller is worrying): multiply the loss by a "
+                "constant to bring them near 1, where floats are dense."
             )
 
     return notes
