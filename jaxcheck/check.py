@@ -1491,6 +1491,15 @@ def assert_grads(
     Takes exactly the arguments of :func:`check_grads` and returns its report
     when the check passes, so it can be used in pytest.
 
+    Args:
+      f: the scalar function, called as ``f(params, *args)``.
+      params: the parameters (see :func:`check_grads`).
+      *args: fixed arguments.
+      **kwargs: the keyword arguments of :func:`check_grads`.
+
+    Returns:
+      the :class:`GradCheckReport` of a passing check.
+
     Raises:
       GradientCheckError: (an ``AssertionError``) when a coordinate is wrong; its
         message is the report of the failing leaves and ``.report`` holds the full

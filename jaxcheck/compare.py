@@ -74,6 +74,12 @@ def relative_error(analytic: ArrayLike, numeric: ArrayLike) -> np.ndarray:
 def band_index(rel_error: ArrayLike) -> np.ndarray:
     """Index into :data:`BANDS` of each relative error (0 = probably wrong).
 
+    Args:
+      rel_error: relative errors, any shape.
+
+    Returns:
+      an int array of the same shape.
+
     Examples:
       >>> band_index([0.5, 1e-3, 1e-5, 1e-9]).tolist()
       [0, 1, 2, 3]
@@ -88,6 +94,12 @@ def band_index(rel_error: ArrayLike) -> np.ndarray:
 
 def band_counts(rel_error: ArrayLike) -> dict[str, int]:
     """How many relative errors fall in each band of the notes.
+
+    Args:
+      rel_error: relative errors, any shape.
+
+    Returns:
+      ``{band name: count}`` in the order of :data:`BANDS`.
 
     Examples:
       >>> band_counts([0.5, 1e-3, 1e-9, 0.0])
@@ -162,6 +174,12 @@ def low_precision_rtol(eps: float) -> float:
     ``10 * sqrt(eps)`` (3.5e-3 for float32), at least the smooth bar and at most
     :data:`LOW_PRECISION_MAX_RTOL`: round-off of a float32 computation leaves
     relative errors near 1e-3 in a correct gradient.
+
+    Args:
+      eps: machine epsilon of the precision ``f`` computes in.
+
+    Returns:
+      the relative-error bar.
 
     Examples:
       >>> round(low_precision_rtol(1.1920929e-07), 5)

@@ -213,6 +213,15 @@ def bytes_per_coordinate(
     bound on what is live at once) plus the perturbed copy of the leaf, for
     ``f(x + h e_i)`` and ``f(x - h e_i)``.
 
+    Args:
+      fn: the function of the flattened leaf.
+      x_flat: the leaf, flattened.
+      dyn_params: the dynamic parameter leaves.
+      dyn_args: the dynamic argument leaves.
+
+    Returns:
+      bytes, at least 16.
+
     Examples:
       >>> fn = LeafFunction(lambda p: jnp.sum(p ** 2), jax.tree_util.tree_structure(0.0),
       ...                   1, {}, jax.tree_util.tree_structure(()), 0, {}, 0, (3,))
@@ -229,6 +238,12 @@ def default_memory_budget(device: Any | None = None) -> int:
 
     On an accelerator: a quarter of the memory the device has free. On a CPU:
     an eighth of the machine's physical memory, at most 2 GiB.
+
+    Args:
+      device: a JAX device; default the first one.
+
+    Returns:
+      bytes.
 
     Examples:
       >>> default_memory_budget() > 0
@@ -257,6 +272,15 @@ def choose_chunk_size(
     platform: str,
 ) -> int:
     """Coordinates per vmapped batch: as many as fit in the budget, capped.
+
+    Args:
+      per_coordinate_bytes: from :func:`bytes_per_coordinate`.
+      num_coords: how many coordinates the leaf has to check.
+      memory_budget: bytes one batch may use.
+      platform: ``"cpu"``, ``"gpu"``, ``"tpu"``.
+
+    Returns:
+      a power of two.
 
     Examples:
       >>> choose_chunk_size(1_000, 10_000, 1 << 30, "cpu")
@@ -356,6 +380,13 @@ def central_differences(
 def call_shapes(num: int, chunk_size: int) -> tuple[int, ...]:
     """The chunks per compiled call :func:`central_differences` uses for ``num``
     coordinates (by default), smallest first.
+
+    Args:
+      num: coordinates (rows) of the call.
+      chunk_size: coordinates per vmapped batch.
+
+    Returns:
+      the distinct numbers of chunks per compiled call.
 
     Examples:
       >>> call_shapes(1000, 8)  # 125 chunks: calls of 64 and 61 chunks

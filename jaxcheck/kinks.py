@@ -1112,6 +1112,20 @@ def changed_decisions(first: _Evaluator, second: _Evaluator) -> jax.Array:
 
     For a site inside a loop or branch body only the folded word is known: a
     changed word counts as 2 (at least one change, multiplicity unknown).
+
+    Args:
+      first: the evaluator of the first point (after ``run``).
+      second: the evaluator of the second point, same jaxpr.
+
+    Returns:
+      an int32 vector, one count per site.
+
+    Examples:
+      >>> cj = jax.make_jaxpr(lambda w: jnp.sum(jnp.abs(w)))(jnp.ones(3))
+      >>> a = _evaluate(cj, [jnp.array([1.0, -1.0, 2.0])], [0])
+      >>> b = _evaluate(cj, [jnp.array([-1.0, 1.0, 2.0])], [0])
+      >>> changed_decisions(a, b).tolist()
+      [2]
     """
     counts = []
     for d1, d2, w1, w2 in zip(
@@ -1232,6 +1246,15 @@ def winner_tracker(
 
     Tracing and analysing ``fn`` costs milliseconds; a second check of the
     same function reuses the tracker (and so :func:`jax.jit`'s compilations).
+
+    Args:
+      fn: a :class:`jaxcheck.engine.LeafFunction` (hashable).
+      x_flat: the flattened leaf.
+      dyn_params: the dynamic parameter leaves.
+      dyn_args: the dynamic argument leaves.
+
+    Returns:
+      a :class:`WinnerTracker` of ``fn`` at these shapes.
 
     Examples:
       >>> import jax.tree_util as jtu

@@ -56,6 +56,13 @@ NOISE_SIGMAS = 16.0
 def canonical_method(method: str) -> str:
     """The canonical name of a finite-difference method.
 
+    Args:
+      method: ``"central"``, ``"forward"``, ``"four_point"`` or an alias
+        (``"centered"``, ``"richardson"``, ``"five_point"``).
+
+    Returns:
+      the name in :data:`METHODS`.
+
     Raises:
       ValueError: for an unknown method; the message lists the known ones.
 
@@ -78,6 +85,13 @@ def default_step(method: str, eps: float) -> float:
     (``eps`` above 1e-15) the optimum of each formula: ``eps**(1/3)`` for
     centered, ``eps**(1/2)`` forward, ``eps**(1/5)`` for the 4-point stencil.
 
+    Args:
+      method: a name in :data:`METHODS`.
+      eps: machine epsilon of the precision ``f`` computes in.
+
+    Returns:
+      the step ``h``.
+
     Examples:
       >>> default_step("central", 2.220446049250313e-16)
       1e-05
@@ -94,6 +108,12 @@ def default_step(method: str, eps: float) -> float:
 def multipliers(method: str) -> tuple[int, ...]:
     """The step multiples ``m`` evaluated at ``x +- m h`` by a method.
 
+    Args:
+      method: a name in :data:`METHODS`.
+
+    Returns:
+      ``(1,)``, or ``(1, 2)`` for the 4-point stencil.
+
     Examples:
       >>> multipliers("four_point")
       (1, 2)
@@ -106,6 +126,14 @@ def offsets(x: ArrayLike, deltas: ArrayLike, dtype: Any = np.float64) -> np.ndar
 
     ``x + h`` is rounded, so the true step differs from ``h`` in its last bits;
     dividing by the true step removes that error.
+
+    Args:
+      x: the coordinates' values, shape ``(n,)``.
+      deltas: the steps added to them, shape ``(n, K)``.
+      dtype: the dtype the device computes ``x + d`` in.
+
+    Returns:
+      float64 offsets of shape ``(n, K)``.
 
     Examples:
       >>> offsets([1.0], [[1e-5]]).item() == (1.0 + 1e-5) - 1.0
@@ -212,6 +240,16 @@ def noise_allowance(
     centered formula, ``weight = 1 / h`` and this is
     ``noise_factor * eps * |f| / (2 h)``.
 
+    Args:
+      weight: the sum of absolute weights of the estimate (see :func:`estimate`).
+      scale: ``|f|`` at the points used.
+      eps: machine epsilon of the precision ``f`` computes in.
+      noise_factor: the model's allowance in units of ``eps * |f|``.
+      sigma: the measured noise of ``f`` (standard deviation), 0 if unknown.
+
+    Returns:
+      the absolute allowance, broadcast over the inputs.
+
     Examples:
       >>> float(noise_allowance(1e5, 1.0, 2**-52, 64.0))  # 32 eps / h
       7.105427357601002e-10
@@ -276,6 +314,11 @@ def noise_offsets(x: ArrayLike, num: int = 6, rel: float = 1e-6) -> np.ndarray:
     ``delta = rel * max(|x|, 1e-3)``: small enough that the sixth differences
     of the smooth part of ``f`` are far below round-off, large enough that every
     point is a different floating-point number.
+
+    Args:
+      x: the coordinates' values, shape ``(n,)``.
+      num: points on each side.
+      rel: the spacing relative to ``|x|``.
 
     Returns:
       shape ``(n, num, 2)``: ``[..., 0] = +k delta``, ``[..., 1] = -k delta``.

@@ -292,3 +292,37 @@ def test_equal_reports_for_numpy_and_jax_inputs():
     r_jx = jaxcheck.check_grads(quad, p_jx, 0.5)
     assert r_np.max_rel_error == pytest.approx(r_jx.max_rel_error, rel=1e-6, abs=1e-15)
     assert r_np.passed
+
+
+# --- the verdict machinery keeps the old behaviour where nothing new applies ----
+
+
+def test_default_step_and_bar_are_unchanged_for_smooth_functions():
+    r = jaxcheck.check_grads(quad, quad_params(), 0.5)
+    assert r.step == 1e-5 and r.rtol == 1e-7 and r.method == "central"
+    assert r.step_rule == "fixed" and r.kink_sites == () and r.num_kink == 0
+    assert all(not leaf.tracked for leaf in r.leaves)
+    assert r.bar_reason.startswith("smooth:")
+
+
+def test_tracked_and_plain_estimates_agree_away_from_kinks():
+    params = {"W": jnp.array([[0.3, -0.7], [1.1, 0.4]]), "b": jnp.array([0.5, -0.2])}
+    x = jnp.array([[1.0, 2.0], [-0.5, 0.3], [0.2, -1.0]])
+
+    def f(p, x):
+        return jnp.sum(jax.nn.relu(x @ p["W"] + p["b"]) ** 2)
+
+    tracked = jaxcheck.check_grads(f, params, x, max_worst=8)
+    plain = jaxcheck.check_grads(f, params, x, max_worst=8, track_kinks=False)
+    assert tracked.passed and plain.passed and tracked.num_kink == 0
+    assert all(leaf.tracked for leaf in tracked.leaves)
+    for a, b in zip(tracked.leaves, plain.leaves, strict=True):
+        na = {c.index: c.numeric for c in a.worst}
+        nb = {c.index: c.numeric for c in b.worst}
+        for k in na:
+            assert na[k] == pytest.approx(nb[k], rel=0, abs=1e-9)
+
+
+def test_assert_grads_passes_a_correct_relu_at_its_kinks():
+    r = jaxcheck.assert_grads(lambda w: jnp.sum(jax.nn.relu(w) * w), jnp.zeros(4))
+    assert r.num_kink == 4 and r.num_wrong == 0

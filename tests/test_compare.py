@@ -114,3 +114,55 @@ def test_bad_rtol(rtol):
 def test_bad_noise_factor():
     with pytest.raises(ValueError, match="`noise_factor`"):
         compare.default_bar(noise_factor=-1.0)
+
+
+# --- bars chosen from the function, and subgradients at kinks -------------------
+
+
+def test_choose_bar_smooth_kinked_low_precision_and_override():
+    smooth = compare.choose_bar(depth=3)
+    assert smooth.rtol == compare.SMOOTH_RTOL
+    assert smooth.reason.startswith("smooth:") and "depth 3" in smooth.reason
+    kinked = compare.choose_bar(kinks="max in relu x2")
+    assert kinked.rtol == compare.KINK_RTOL == 1e-4
+    assert kinked.reason.startswith("kinked:") and "max in relu x2" in kinked.reason
+    eps32 = float(np.finfo(np.float32).eps)
+    low = compare.choose_bar(kinks="max", low_precision=("float32", eps32))
+    assert low.rtol == pytest.approx(10 * math.sqrt(eps32))
+    assert low.reason.startswith("low precision: f computes in float32")
+    given = compare.choose_bar(3e-3, kinks="abs", low_precision=("float32", eps32))
+    assert given.rtol == 3e-3
+    assert given.reason == (
+        "rtol=0.003 given by the caller (f has kinks: abs; f computes in float32 inside)"
+    )
+    assert compare.choose_bar(noise_factor=8.0).noise_factor == 8.0
+    with pytest.raises(ValueError, match="`rtol` must lie in"):
+        compare.choose_bar(2.0, kinks="max")
+
+
+def test_low_precision_rtol_is_bounded():
+    assert compare.low_precision_rtol(1e-30) == compare.SMOOTH_RTOL
+    assert compare.low_precision_rtol(float(np.finfo(np.float16).eps)) == (
+        compare.LOW_PRECISION_MAX_RTOL
+    )
+
+
+def test_subgradient_verdicts():
+    K, W, U = compare.KINK, compare.WRONG, compare.UNTESTABLE
+    assert compare.VERDICT_NAMES[K] == "kink"
+    codes, dist = compare.subgradient_verdicts(
+        analytic=[0.0, 1.0, 0.5, -0.1, 2.0, np.nan, 0.3, 0.0],
+        left=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.nan, np.nan],
+        right=[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.3, np.nan],
+        left_noise=1e-12,
+        right_noise=1e-12,
+        rtol=1e-4,
+    )
+    # inside [left, right] (ends included) is a subgradient; outside is wrong;
+    # NaN analytic is wrong; one side only: matching it confirms; none: undecided.
+    assert codes.tolist() == [K, K, K, W, W, W, K, U]
+    np.testing.assert_allclose(dist[:5], [0.0, 0.0, 0.0, 0.1, 0.5])
+    assert np.isnan(dist[7])
+    # Within the bar of an end is still a subgradient (truncation of the ends).
+    codes, _ = compare.subgradient_verdicts([1.00005], [0.0], [1.0], 0.0, 0.0, 1e-4)
+    assert codes.tolist() == [K]

@@ -86,3 +86,55 @@ def test_choose_chunk_size():
 def test_default_budget_is_positive_and_bounded():
     budget = engine.default_memory_budget()
     assert 0 < budget <= 2 << 30
+
+
+def test_per_coordinate_steps_match_scalar_steps():
+    with jax.enable_x64(True):
+        x = jnp.linspace(-1.0, 1.0, 9)
+        fn = _fn(lambda p: jnp.sum(jnp.sin(p) * p), (9,))
+        idx = np.array([0, 3, 3, 8])
+        hs = np.array([1e-3, 1e-4, 1e-2, 1e-3])
+        fp, fm = engine.central_differences(fn, x, idx, hs, [x], [], chunk_size=2)
+        for j, (i, h) in enumerate(zip(idx, hs, strict=True)):
+            p1, m1 = engine.central_differences(
+                fn, x, np.array([i]), float(h), [x], [], chunk_size=1
+            )
+            assert (fp[j], fm[j]) == (p1[0], m1[0])
+
+
+def test_fixed_call_shape_reuses_one_compilation():
+    with jax.enable_x64(True):
+        x = jnp.linspace(-1.0, 1.0, 40)
+        fn = _fn(lambda p: jnp.sum(jnp.cos(p)), (40,))
+        engine.central_differences(fn, x, np.arange(40), 1e-4, [x], [], chunk_size=4,
+                                   chunks_per_call=3)  # fmt: skip
+        size = engine._block_jit._cache_size()
+        for n in (1, 5, 12, 13):
+            fp, _ = engine.central_differences(
+                fn, x, np.arange(n), 1e-4, [x], [], chunk_size=4, chunks_per_call=3
+            )
+            assert len(fp) == n
+        assert engine._block_jit._cache_size() == size
+    assert engine.call_shapes(40, 4) == (10,)
+    assert engine.call_shapes(1000, 8) == (61, 64)
+
+
+def test_evaluate_with_a_winner_tracker_returns_words_and_changes():
+    from jaxcheck import kinks
+
+    with jax.enable_x64(True):
+        x = jnp.array([0.0, 2.0, -1.0, 0.5])
+        fn = _fn(lambda p: jnp.sum(jnp.abs(p)) + jnp.max(p), (4,))
+        tracker = kinks.winner_tracker(fn, x, [x], [])
+        assert [s.primitive for s in tracker.sites] == ["abs", "reduce_max"]
+        idx = np.array([0, 1, 2, 3])
+        deltas = np.array([[1e-3, -1e-3]] * 3 + [[2.0, -2.0]])
+        vals, words, changed = engine.evaluate(
+            tracker, x, idx, deltas, [x], [], chunk_size=2
+        )
+    assert vals.shape == (4, 2) and words.shape == (4, 2, 2) and changed.shape == (4, 2)
+    # x[0] = 0 crosses abs' kink; x[3] +- 2 changes its sign, and 2.5 becomes the
+    # max (x[1] stops being it: two entries of reduce_max's decision change).
+    assert changed.tolist() == [[1, 0], [0, 0], [0, 0], [1, 2]]
+    assert (words[0, 0] != words[0, 1]).tolist() == [True, False]
+    assert vals[1, 0] == pytest.approx(0.0 + 2.001 + 1.0 + 0.5 + 2.001)

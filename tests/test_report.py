@@ -2,6 +2,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import jaxcheck
 
@@ -77,3 +78,55 @@ def test_worst_overall_and_leaf_lookup():
         assert "['b']" in e.args[0]
     else:
         raise AssertionError("leaf() must raise KeyError for an unknown path")
+
+
+# --- kinks, untestable coordinates, strict --------------------------------------
+
+
+def kinked(p):
+    # |w| at exactly 0 (kinks) plus a tiny term that drowns in round-off.
+    return jnp.sum(jnp.abs(p["w"])) + 1.0 + 1e-13 * jnp.sum(p["t"] ** 2)
+
+
+KPARAMS = {"w": jnp.array([0.0, 1.5, -2.0]), "t": jnp.array([1.0, 2.0])}
+
+
+def test_text_report_shows_kinks_and_untestable_coordinates():
+    r = jaxcheck.check_grads(kinked, KPARAMS)
+    assert r.passed and r.num_kink == 1 and r.num_untestable == 2
+    text = str(r)
+    header = next(line for line in text.splitlines() if "max rel err" in line)
+    assert "kink" in header.split() and "untestable" in header.split()
+    assert "1 at kinks" in r.headline() and "2 untestable" in r.headline()
+    assert "kink sites tracked: abs at test_report.py" in text
+    assert "kinks of ['w']: 1 coordinate(s) crossed abs at test_report.py" in text
+    assert "['w'][0]  analytic=" in text and "[kink: abs at" in text
+    assert "untestable coordinates of ['t']:" in text
+    assert "f(x+h)=+4.500000e+00" in text
+
+
+def test_strict_fails_untestable_and_names_the_leaf():
+    r = jaxcheck.check_grads(kinked, KPARAMS, strict=True)
+    assert not r.passed and r.num_wrong == 0
+    assert [leaf.path for leaf in r.failures] == ["['t']"]
+    assert r.failure_message().startswith("jaxcheck: gradient check FAILED")
+    with pytest.raises(jaxcheck.GradientCheckError, match=r"\['t'\]"):
+        jaxcheck.assert_grads(kinked, KPARAMS, strict=True)
+
+
+def test_to_dict_and_html_carry_the_new_verdicts():
+    r = jaxcheck.check_grads(kinked, KPARAMS)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["num_kink"] == 1 and d["num_untestable"] == 2 and d["strict"] is False
+    assert d["kink_sites"][0].startswith("abs at") and d["opaque"] == []
+    assert d["noise_floor"] is None or d["noise_floor"] > 0
+    assert d["step_rule"] == "fixed" and d["depth"] == 0
+    w = next(leaf for leaf in d["leaves"] if leaf["path"] == "['w']")
+    assert w["num_kink"] == 1 and w["tracked"] is True
+    assert w["kinks"][0]["verdict"] == "kink" and w["kinks"][0]["index"] == [0]
+    assert "bracket it" in w["kinks"][0]["resolution"]
+    html = r._repr_html_()
+    assert (
+        "Kink-capable primitives" in html and "Kinks of <code>[&#x27;w&#x27;]" in html
+    )
+    assert "Untestable coordinates of" in html
