@@ -382,6 +382,7 @@ class _Leaf:
         self.changed = np.zeros(self.n, dtype=np.int64)
         self.f_center = f0
         self.sigma = np.zeros(self.n)
+        self.noise_median = math.nan
         self.sigma_measured = False
 
     # -- evaluation ---------------------------------------------------------
@@ -606,6 +607,8 @@ class _Leaf:
         hs = (fracs[:, None] * h) * np.ones((1, len(J)))
         plus, minus, wp, wm, _ = self.symmetric(J, hs)
         todo = np.ones(len(J), dtype=bool)
+        # A disagreement at a small step must stand against the measured noise.
+        suspects: list[tuple[int, float, float, float]] = []
         for j, frac in enumerate(fracs):
             ok_region = self.same_region(wp[:, j]) & self.same_region(wm[:, j]) & todo
             if not ok_region.any():
@@ -620,15 +623,12 @@ class _Leaf:
                             abs(self.f_center))  # fmt: skip
             noise = steps.noise_allowance(weight, sc, cfg.eps, nf)
             codes = compare.verdicts(self.a[J[sel]], num, noise, rtol)
-            decided = codes != compare.UNTESTABLE
-            for q, c, nm in zip(
-                sel[decided], codes[decided], num[decided], strict=True
-            ):
-                g = J[q]
-                self.numeric[g] = nm
-                self.rel[g] = float(compare.relative_error(self.a[g], nm))
+            for k in np.flatnonzero(codes != compare.UNTESTABLE):
+                q, g = sel[k], J[sel[k]]
+                self.numeric[g] = num[k]
+                self.rel[g] = float(compare.relative_error(self.a[g], num[k]))
                 self.coord_step[g] = frac * h
-                if c == compare.OK:
+                if codes[k] == compare.OK:
                     self.confirmed[g] = True
                     self.resolution[g] = (
                         f"smaller step {frac * h:.0e} avoids the kink: agrees"
@@ -639,7 +639,20 @@ class _Leaf:
                         f"smaller step {frac * h:.0e} avoids the kink and still "
                         "disagrees"
                     )
+                    suspects.append((q, num[k], weight[k], sc[k]))
                 todo[q] = False
+        if suspects:
+            sigma = self.reference_noise(J)
+            if sigma > 0:
+                for q, num_q, w_q, sc_q in suspects:
+                    g = J[q]
+                    allow = steps.noise_allowance(w_q, sc_q, cfg.eps, nf, sigma)
+                    if abs(self.a[g] - num_q) <= allow:  # round-off: not decided
+                        self.codes[g] = compare.KINK
+                        self.rel[g] = np.nan
+                        self.coord_step[g] = np.nan
+                        self.resolution[g] = ""
+                        todo[q] = True
         rest = np.flatnonzero(todo)
         if not len(rest):
             return
@@ -649,8 +662,8 @@ class _Leaf:
         scales = [(1.0, None), (KINK_STEP_FRACTIONS[0], 0)]
         left = np.full(len(R), np.nan)
         right = np.full(len(R), np.nan)
-        lnoise = np.zeros(len(R))
-        rnoise = np.zeros(len(R))
+        lweight, rweight = np.zeros(len(R)), np.zeros(len(R))
+        lscale, rscale = np.zeros(len(R)), np.zeros(len(R))
         lstep = np.full(len(R), np.nan)
         rstep = np.full(len(R), np.nan)
         extra = np.concatenate([[2.0, 3.0], [2.0 * scales[1][0], 3.0 * scales[1][0]]])
@@ -676,19 +689,27 @@ class _Leaf:
             r_val, r_w = steps.one_sided(np.stack([p1, p2, p3], 1), tp)
             l_val, l_w = steps.one_sided(np.stack([m1, m2, m3], 1), tm)
             sc = np.maximum.reduce([np.abs(p1), np.abs(m1), np.abs(p3), np.abs(m3)])
-            rn = steps.noise_allowance(r_w, sc, cfg.eps, nf)
-            ln = steps.noise_allowance(l_w, sc, cfg.eps, nf)
             take_r = right_ok & ~np.isfinite(right)
             take_l = left_ok & ~np.isfinite(left)
             right = np.where(take_r, r_val, right)
             left = np.where(take_l, l_val, left)
-            rnoise = np.where(take_r, rn, rnoise)
-            lnoise = np.where(take_l, ln, lnoise)
+            rweight = np.where(take_r, r_w, rweight)
+            lweight = np.where(take_l, l_w, lweight)
+            rscale = np.where(take_r, sc, rscale)
+            lscale = np.where(take_l, sc, lscale)
             rstep = np.where(take_r, frac * h, rstep)
             lstep = np.where(take_l, frac * h, lstep)
-        codes, dist = compare.subgradient_verdicts(
-            self.a[R], left, right, lnoise, rnoise, rtol
-        )
+
+        def judge(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+            rn = steps.noise_allowance(rweight, rscale, cfg.eps, nf, sigma)
+            ln = steps.noise_allowance(lweight, lscale, cfg.eps, nf, sigma)
+            return compare.subgradient_verdicts(self.a[R], left, right, ln, rn, rtol)
+
+        sigma = self.noise_median if math.isfinite(self.noise_median) else 0.0
+        codes, dist = judge(sigma)
+        if (codes == compare.WRONG).any() and not math.isfinite(self.noise_median):
+            # A refutation must stand against the measured noise of f.
+            codes, dist = judge(self.reference_noise(J))
         # Outside [left, right] refutes the gradient only when one decision
         # changed: with several kinks crossed at once, each may take its own
         # side and the valid values are a sum of intervals, not [left, right].
@@ -731,6 +752,21 @@ class _Leaf:
                 )
 
     # -- noise and larger steps -------------------------------------------------
+    def reference_noise(self, crossed: np.ndarray) -> float:
+        """The median noise of ``f`` along up to 8 coordinates of this leaf that
+        cross no kink (or along crossed ones when there are none)."""
+        if self.sigma_measured and math.isfinite(self.noise_median):
+            return self.noise_median
+        free = np.setdiff1d(np.arange(self.n), crossed)
+        sel = (free if len(free) else crossed)[:8]
+        idx, deltas = self.noise_rows(sel)
+        vals, words, _ = self.rows(idx, deltas)
+        sig = self.noise_from(sel, vals, words)
+        sigma = float(np.nanmedian(sig)) if np.isfinite(sig).any() else 0.0
+        if sigma > 0:
+            self.noise_median = sigma
+        return sigma
+
     def noise_rows(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``(idx, deltas)`` of the noise estimate along coordinates ``sel``."""
         offs = steps.noise_offsets(self.x_host[sel])  # (m, num, 2)
@@ -912,7 +948,7 @@ class _Leaf:
             kinks=tuple(coord(j) for j in kink_rows[: cfg.max_worst]),
             tracked=bool(self.tracked),
             num_retried=num_retried,
-            noise=float(getattr(self, "noise_median", math.nan)),
+            noise=float(self.noise_median),
             num_kink_crossed=int((self.kink_label != "").sum()),
         )
 

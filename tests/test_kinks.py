@@ -489,3 +489,22 @@ def test_fold_detects_any_single_change():
             flipped = base.copy()
             flipped[i, j] = ~flipped[i, j]
             assert int(kinks.fold(jnp.asarray(flipped))) != w0
+
+
+def test_round_off_at_a_kink_is_not_called_wrong():
+    # Large terms that cancel give f a round-off noise of ~2e-9; w[0] sits 5e-8
+    # from a ReLU kink, so only a step of 1e-8 avoids it, where that noise is
+    # 0.2 of the slope. The re-checks measure the noise instead of refuting.
+    rng = np.random.default_rng(0)
+    big = _x64(rng.normal(size=2000) * 1e6)
+    w = _x64([5e-8, 1.0, -0.5, 0.0, 0.3])
+
+    def f(w, big):
+        core = 2.0 * jnp.sum(jax.nn.relu(w)) + jnp.sum(jnp.sin(w))
+        return (jnp.sum(big) + core) - jnp.sum(big)
+
+    report = jaxcheck.check_grads(f, w, big)
+    assert report.passed and report.num_wrong == 0, str(report)
+    leaf = report.leaves[0]
+    assert sorted(c.index for c in leaf.kinks) == [(0,), (3,)]
+    assert report.noise_floor > 1e-10
