@@ -497,7 +497,7 @@ def test_round_off_at_a_kink_is_not_called_wrong():
     # 0.2 of the slope. The re-checks measure the noise instead of refuting.
     rng = np.random.default_rng(0)
     big = _x64(rng.normal(size=2000) * 1e6)
-    w = _x64([5e-8, 1.0, -0.5, 0.0, 0.3])
+    w = _x64(np.array([5e-8, 1.0, -0.5, 0.0, 0.3]))
 
     def f(w, big):
         core = 2.0 * jnp.sum(jax.nn.relu(w)) + jnp.sum(jnp.sin(w))
