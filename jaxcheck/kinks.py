@@ -1236,7 +1236,7 @@ class WinnerTracker:
 
 
 _TRACKERS: dict[Any, WinnerTracker] = {}
-_MAX_TRACKERS = 128
+_MAX_TRACKERS = 16
 
 
 def winner_tracker(
