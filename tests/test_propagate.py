@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 import jaxcheck
@@ -544,3 +546,115 @@ def test_check_grads_verdicts_identical_on_an_mlp_with_a_planted_bug(monkeypatch
     _same_verdicts(dense, prop)
     if used is not None:
         assert (12, 6) in used
+
+
+# --------------------------------------------------------------------------------
+# Random chains of operations (windows through every structural rule)
+
+
+def _random_chain(names, seed, shape):
+    """``f(p, c)``: the ops ``names`` applied in turn to ``p["w"]`` (of ``shape``);
+    ops that do not fit the current shape are left out."""
+    rng = np.random.default_rng(seed)
+
+    def pick(n):
+        return int(rng.integers(0, n))
+
+    steps = []
+    shape = tuple(shape)
+    for name in names:
+        nd = len(shape)
+        ax = pick(nd)
+        if name == "transpose" and nd > 1:
+            perm = tuple(rng.permutation(nd).tolist())
+            steps.append(lambda a, perm=perm: jnp.transpose(a, perm))
+            shape = tuple(shape[p] for p in perm)
+        elif name == "merge" and nd > 1:
+            ax = pick(nd - 1)
+            new = shape[:ax] + (shape[ax] * shape[ax + 1],) + shape[ax + 2 :]
+            steps.append(lambda a, new=new: a.reshape(new))
+            shape = new
+        elif name == "split" and shape[ax] % 2 == 0 and shape[ax] > 2:
+            new = shape[:ax] + (2, shape[ax] // 2) + shape[ax + 1 :]
+            steps.append(lambda a, new=new: a.reshape(new))
+            shape = new
+        elif name == "slice" and shape[ax] > 1:
+            lo, step = pick(2), 1 + pick(2)
+            idx = (slice(None),) * ax + (slice(lo, None, step),)
+            steps.append(lambda a, idx=idx: a[idx])
+            shape = np.zeros(shape)[idx].shape
+        elif name == "pad":
+            cfg = [(0, 0, 0)] * nd
+            cfg[ax] = (pick(3), pick(3) - (shape[ax] > 1), pick(2))
+            steps.append(lambda a, cfg=tuple(cfg): lax.pad(a, 0.25, cfg))
+            shape = tuple(
+                max(0, lo + hi + n + max(0, n - 1) * it) if a == ax else n
+                for a, (n, (lo, hi, it)) in enumerate(zip(shape, cfg, strict=True))
+            )
+        elif name == "rev":
+            steps.append(lambda a, ax=ax: jnp.flip(a, ax))
+        elif name == "broadcast":
+            steps.append(lambda a, ax=ax: jnp.broadcast_to(
+                jnp.expand_dims(a, ax), a.shape[:ax] + (3,) + a.shape[ax:]))  # fmt: skip
+            shape = shape[:ax] + (3,) + shape[ax:]
+        elif name == "mul_const":
+            cshape = tuple(1 if rng.random() < 0.3 else n for n in shape)
+            c = rng.normal(size=cshape)
+            steps.append(lambda a, c=c: a * c + c)
+        elif name == "tanh":
+            steps.append(jnp.tanh)
+        elif name == "sum" and nd > 1:
+            steps.append(lambda a, ax=ax: jnp.sum(a, axis=ax))
+            shape = shape[:ax] + shape[ax + 1 :]
+        elif name == "max" and nd > 1:
+            steps.append(lambda a, ax=ax: jnp.max(a, axis=ax))
+            shape = shape[:ax] + shape[ax + 1 :]
+        elif name == "cumsum":
+            steps.append(lambda a, ax=ax: jnp.cumsum(a, axis=ax))
+        elif name == "dot":
+            m = rng.normal(size=(shape[-1], 3))
+            steps.append(lambda a, m=m: a @ m)
+            shape = shape[:-1] + (3,)
+        elif name == "dot_left":
+            m = rng.normal(size=(2, shape[0]))
+            steps.append(lambda a, m=m: jnp.tensordot(m, a, axes=1))
+            shape = (2,) + shape[1:]
+        elif name == "concat":
+            c = rng.normal(size=shape)
+            steps.append(lambda a, c=c, ax=ax: jnp.concatenate([c, a, a * 2], ax))
+            shape = np.concatenate([np.zeros(shape)] * 3, ax).shape
+        elif name == "square":
+            steps.append(lambda a: a * jnp.tanh(a) - jnp.sin(a))
+        elif name == "where":
+            c = rng.normal(size=shape)
+            steps.append(lambda a, c=c: jnp.where(c > 0, a, jnp.sin(a) * a))
+        elif name == "take":
+            ids = rng.integers(0, shape[0], size=(4,)).astype(np.int32)
+            steps.append(lambda a, ids=ids: a[ids])
+            shape = (4,) + shape[1:]
+
+    def f(p, c):
+        a = p["w"]
+        for s in steps:
+            a = s(a)
+        return jnp.sum(jnp.sin(a) ** 2) + c  # no cancellation: |f| is the scale
+
+    return f
+
+
+OP_NAMES = ("transpose merge split slice pad rev broadcast mul_const tanh sum max "
+            "cumsum dot dot_left concat square where take").split()  # fmt: skip
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@given(
+    shape=st.lists(st.integers(2, 4), min_size=1, max_size=3),
+    names=st.lists(st.sampled_from(OP_NAMES), min_size=2, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_random_chains_match_dense(shape, names, seed):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        params = {"w": jnp.asarray(rng.normal(size=shape))}
+        f = _random_chain(names, seed, shape)
+        _compare(f, params, jnp.asarray(0.5), step=1e-3)
