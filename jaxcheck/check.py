@@ -277,15 +277,22 @@ def _prepare(f: Callable[..., Any], params: PyTree, args: tuple, dtype: Any) -> 
         f, infos, checked, skipped, p_treedef, len(p_leaves), static_params,
         dyn_params, a_treedef, len(a_leaves), static_args, dyn_args, dyn_pos, dtype,
     )  # fmt: skip
-    closed = jax.make_jaxpr(point.full)(None, dyn_params, dyn_args)
-    out = closed.out_avals[0] if len(closed.out_avals) == 1 else None
-    if out is None:
-        _validate_output(jax.eval_shape(point.full, None, dyn_params, dyn_args))
-    _validate_output(out)
-    point.out_dtype = out.dtype
     # The jaxpr's inputs are the dynamic params, then the dynamic args.
-    sources = [point.dyn_pos[i.pos] for i in checked]
-    point.analysis = kinks.analyze_jaxpr(closed, sources, check_dtype=dtype)
+    sources = tuple(point.dyn_pos[i.pos] for i in checked)
+
+    def trace_and_analyse() -> tuple[Any, kinks.KinkAnalysis]:
+        closed = jax.make_jaxpr(point.full)(None, dyn_params, dyn_args)
+        if len(closed.out_avals) != 1:
+            _validate_output(jax.eval_shape(point.full, None, dyn_params, dyn_args))
+        out = closed.out_avals[0]
+        _validate_output(out)
+        return out.dtype, kinks.analyze_jaxpr(closed, sources, check_dtype=dtype)
+
+    key = (
+        "analysis", point.full, sources, str(jnp.dtype(dtype)),
+        engine.avals_of((dyn_params, dyn_args)),
+    )  # fmt: skip
+    point.out_dtype, point.analysis = engine.cached(key, trace_and_analyse)
     return point
 
 
@@ -812,72 +819,60 @@ class _Leaf:
         )
 
     def retry_larger(self, U: np.ndarray) -> None:
-        """Retries untestable coordinates with larger steps (4-point stencil at
-        ``100 h`` and ``10**4 h``, both evaluated in one call)."""
+        """Retries untestable coordinates with larger steps: the 4-point stencil
+        at ``100 h``, then, for those still unresolved, at ``10**4 h`` (at most
+        a tenth of ``max(1, |x_i|)``)."""
         cfg, h = self.cfg, self.h
         rtol, nf = cfg.bar.rtol, cfg.bar.noise_factor
         cap = 0.1 * np.maximum(1.0, np.abs(self.x_host[U]))
-        bigs = [np.minimum(h * fct, cap) for fct in RETRY_STEP_FACTORS]
-        stages = [b for b in bigs if np.any(b > h)]
         done = np.zeros(len(U), dtype=bool)
         last_h = np.full(len(U), h)
-        if stages:
-            hs = np.concatenate([np.stack([b, 2 * b]) for b in stages])
-            plus, minus, wp, wm, _ = self.symmetric(U, hs)
-        results = []
-        for si, big in enumerate(stages):
-            cols = slice(2 * si, 2 * si + 2)
-            p, m = plus[:, cols], minus[:, cols]
+        for factor in RETRY_STEP_FACTORS:
+            big_all = np.minimum(h * factor, cap)
+            sel = np.flatnonzero(~done & (big_all > last_h))
+            if not len(sel):
+                continue
+            g, big = U[sel], big_all[sel]
+            last_h[sel] = big
+            p, m, wp, wm, _ = self.symmetric(g, np.stack([big, 2 * big]))
             d = np.stack([big, 2 * big], 1)
-            op, om = self.offs(U, d), self.offs(U, -d)
+            op, om = self.offs(g, d), self.offs(g, -d)
             num, weight = steps.estimate("four_point", self.f_center, p, m, op, om)
             with np.errstate(divide="ignore", invalid="ignore"):
                 d1 = (p[:, 0] - m[:, 0]) / (op[:, 0] - om[:, 0])
                 d2 = (p[:, 1] - m[:, 1]) / (op[:, 1] - om[:, 1])
             trunc = np.abs(d1 - d2)
             sc = np.maximum(np.maximum(np.abs(p), np.abs(m)).max(1), abs(self.f_center))
-            same = np.ones(len(U), dtype=bool)
+            same = np.ones(len(g), dtype=bool)
             if wp is not None:
-                same = (
-                    self.same_region(wp[:, cols]) & self.same_region(wm[:, cols])
-                ).all(axis=1)
-            results.append((big, num, weight, trunc, sc, same))
-        # A wrong verdict at a larger step must stand against the measured noise.
-        for _, num, weight, trunc, sc, same in results:
-            noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[U])
-            cand = (
-                same
-                & np.isfinite(num)
-                & (np.abs(self.a[U] - num) > 2 * (noise + trunc))
-            )
-            cand &= compare.relative_error(self.a[U], num) > rtol
-            unmeasured = cand & (self.sigma[U] == 0)
-            if unmeasured.any() and not self.sigma_measured:
-                self.measure_noise(U[unmeasured])
-        for big, num, weight, trunc, sc, same in results:
-            noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[U])
-            rel = compare.relative_error(self.a[U], num)
-            diff = np.abs(self.a[U] - num)
-            ok = ~done & same & (rel <= rtol)
-            wrong = (
-                ~done & same & ~ok & (diff > 2.0 * (noise + trunc)) & np.isfinite(num)
-            )
-            for q in np.flatnonzero(~done):
-                gi = U[q]
-                last_h[q] = max(last_h[q], big[q])
-                if ok[q] or wrong[q]:
-                    self.numeric[gi] = num[q]
-                    self.rel[gi] = rel[q]
-                    self.coord_step[gi] = big[q]
-                    self.codes[gi] = compare.OK if ok[q] else compare.WRONG
-                    self.resolution[gi] = (
-                        f"retried with a larger step {big[q]:.0e} (4-point): "
-                        + ("resolved, agrees" if ok[q] else
-                           "differs by more than round-off and truncation")
-                    )  # fmt: skip
-                    done[q] = True
-                elif not same[q] and not self.resolution[gi]:
-                    self.resolution[gi] = f"a larger step {big[q]:.0e} crosses a kink"
+                same = (self.same_region(wp) & self.same_region(wm)).all(axis=1)
+            rel = compare.relative_error(self.a[g], num)
+            diff = np.abs(self.a[g] - num)
+
+            plausible = same & (rel > rtol) & np.isfinite(num)
+            noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[g])
+            wrong = plausible & (diff > 2.0 * (noise + trunc))
+            if wrong.any() and not self.sigma_measured:
+                # A refutation must stand against the measured noise of f.
+                self.measure_noise(g[wrong])
+                noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[g])
+                wrong = plausible & (diff > 2.0 * (noise + trunc))
+            ok = same & (rel <= rtol)
+            for k in np.flatnonzero(ok | wrong):
+                gi = g[k]
+                self.numeric[gi] = num[k]
+                self.rel[gi] = rel[k]
+                self.coord_step[gi] = big[k]
+                self.codes[gi] = compare.OK if ok[k] else compare.WRONG
+                self.resolution[gi] = (
+                    f"retried with a larger step {big[k]:.0e} (4-point): "
+                    + ("resolved, agrees" if ok[k] else
+                       "differs by more than round-off and truncation")
+                )  # fmt: skip
+                done[sel[k]] = True
+            for k in np.flatnonzero(~same):
+                if not self.resolution[g[k]]:
+                    self.resolution[g[k]] = f"a larger step {big[k]:.0e} crosses a kink"
         for q in np.flatnonzero(~done):
             gi = U[q]
             a = abs(self.a[gi])

@@ -228,9 +228,69 @@ def bytes_per_coordinate(
       >>> bytes_per_coordinate(fn, jnp.ones(3), [jnp.ones(3)], []) > 0
       True
     """
-    closed = jax.make_jaxpr(fn)(x_flat, dyn_params, dyn_args)
-    per_eval = _jaxpr_bytes(closed.jaxpr) + _nbytes(x_flat)
-    return 2 * max(per_eval, 8)
+
+    def compute() -> int:
+        closed = jax.make_jaxpr(fn)(x_flat, dyn_params, dyn_args)
+        per_eval = _jaxpr_bytes(closed.jaxpr) + _nbytes(x_flat)
+        return 2 * max(per_eval, 8)
+
+    return cached(("bytes", fn, avals_of((x_flat, dyn_params, dyn_args))), compute)
+
+
+_CACHE: dict[Any, Any] = {}
+_CACHE_SIZE = 64
+
+
+def avals_of(tree: Any) -> tuple:
+    """``(shape, dtype)`` of every leaf of ``tree``: a hashable key of shapes.
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      a tuple of ``(shape, dtype name)`` pairs.
+
+    Examples:
+      >>> avals_of([jnp.ones((2, 3)), jnp.zeros(4, jnp.int32)])
+      (((2, 3), 'float32'), ((4,), 'int32'))
+    """
+    return tuple(
+        (tuple(np.shape(a)), str(jnp.result_type(a)))
+        for a in jax.tree_util.tree_leaves(tree)
+    )
+
+
+def cached(key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, remembered under ``key`` (the last 64 keys are kept).
+
+    For what is derived from tracing a :class:`LeafFunction` at given shapes
+    (its jaxpr's size, its kink analysis): a second check of the same function
+    skips the tracing. An unhashable key computes every time.
+
+    Args:
+      key: a hashable key, e.g. ``(name, leaf_function, avals_of(args))``.
+      compute: a function of no arguments.
+
+    Returns:
+      the (possibly remembered) result.
+
+    Examples:
+      >>> cached(("doc", 1), lambda: 42), cached(("doc", 1), lambda: 0)
+      (42, 42)
+    """
+    try:
+        hit = _CACHE.pop(key, _MISSING)
+    except TypeError:
+        return compute()
+    if hit is _MISSING:
+        hit = compute()
+    _CACHE[key] = hit
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    return hit
+
+
+_MISSING = object()
 
 
 def default_memory_budget(device: Any | None = None) -> int:
