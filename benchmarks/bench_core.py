@@ -435,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     info = C.machine_info()
-    print(f"# jaxcheck core benchmark\n\n{info}\n", flush=True)
+    code = C.git_state()  # at the start: the code that gets imported
+    print(f"# jaxcheck core benchmark\n\n{info}\n{code}\n", flush=True)
     rows: list[dict[str, Any]] = []
     with jax.enable_x64(True):
         # Warm up the runtime so that the first size's first call measures the
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             row["load_after"] = C.load_note()
             rows.append(row)
 
-    text = render(rows, info, args, jc_kwargs, time.perf_counter() - t_start)
+    text = render(rows, info, code, args, jc_kwargs, time.perf_counter() - t_start)
     print("\n" + text)
     path = C.write_result(args.output, text)
     json_path = C.write_result(
@@ -517,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(
     rows: list[dict[str, Any]],
     info: str,
+    code: str,
     args: argparse.Namespace,
     jc_kwargs: dict,
     total_s: float,
@@ -555,7 +557,7 @@ def render(
         "# jaxcheck core benchmark",
         "",
         f"Machine: {info}.",
-        f"Code: {C.git_state()}.",
+        f"Code: {code} (at the start of the run).",
         f"Command: `python benchmarks/bench_core.py {' '.join(sys.argv[1:])}`".rstrip(),
         f"jaxcheck keywords: `{jc_kwargs}`; repeats {args.repeats} (best shown), "
         f"--max-seconds {args.max_seconds:g}; total run {total_s:.0f} s.",

@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     import _common as C
 
     info = C.machine_info()
+    code = C.git_state()
     print(f"# jaxcheck memory benchmark\n\n{info}\n", flush=True)
     budgets: list[float | None] = [
         None if b.strip() == "default" else float(b)
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "# jaxcheck memory benchmark",
             "",
             f"Machine: {info}.",
-            f"Code: {C.git_state()}.",
+            f"Code: {code} (at the start of the run).",
             f"Command: `python benchmarks/bench_memory.py {' '.join(sys.argv[1:])}`",
             "",
             table,
