@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-quiet",
         type=float,
-        default=120.0,
+        default=30.0,
         help="wait up to this many seconds for idle CPUs before each size",
     )
     parser.add_argument(
