@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_propagate.py                  # MLP 784-100-10 and a CNN
+    python benchmarks/bench_propagate.py                  # MLP 784-100-10 and CNNs
     python benchmarks/bench_propagate.py --models cnn --repeats 5
     python benchmarks/bench_propagate.py --max-seconds 60  # extrapolate the dense check
 
@@ -10,9 +10,10 @@ For each model (float64, softmax loss), one process measures side by side:
 
 * ``propagated``: ``jaxcheck.check_grads(f, params, *args)`` over every
   coordinate, with ``f(x ± h e_i)`` evaluated by :mod:`jaxcheck.propagate`
-  (where it applies; other leaves stay dense). Until the engine has a
-  ``propagate=`` keyword, the script routes the engine's block function and
-  chunk-size estimate through :mod:`jaxcheck.propagate` itself.
+  (where it applies; other leaves stay dense; leaves whose kinks are tracked
+  go through :func:`jaxcheck.propagate.make_propagated_evaluator`). Until the
+  engine has a ``propagate=`` keyword, the script routes the engine's block
+  functions and chunk-size estimate through :mod:`jaxcheck.propagate` itself.
 * ``dense``: the same check with the plain vmapped engine. Beyond
   ``--max-seconds`` (estimated from a pilot) it is extrapolated per leaf from
   an evenly spread subset of the coordinates (marked ``~``).
@@ -67,19 +68,33 @@ def mlp_problem() -> tuple[str, Callable, Any, tuple]:
     return "MLP 784-100-10, batch 16", examples.mlp_loss, params, (x, y)
 
 
-def cnn_loss(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Two 3x3 convolutions with tanh and 2x2 average pooling, then dense."""
-    h = lax.conv_general_dilated(x, p["k1"], (1, 1), "SAME")
-    h = jnp.tanh(h + p["c1"][None, :, None, None])
-    h = lax.reduce_window(h, 0.0, lax.add, (1, 1, 2, 2), (1, 1, 2, 2), "VALID") / 4
-    h = lax.conv_general_dilated(h, p["k2"], (1, 1), "SAME")
-    h = jnp.tanh(h + p["c2"][None, :, None, None])
-    h = lax.reduce_window(h, 0.0, lax.add, (1, 1, 2, 2), (1, 1, 2, 2), "VALID") / 4
-    logits = h.reshape(h.shape[0], -1) @ p["W"] + p["b"]
-    return examples.softmax_loss(logits, y)
+def _avg_pool(h: jax.Array) -> jax.Array:
+    return lax.reduce_window(h, 0.0, lax.add, (1, 1, 2, 2), (1, 1, 2, 2), "VALID") / 4
 
 
-def cnn_problem() -> tuple[str, Callable, Any, tuple]:
+def _max_pool(h: jax.Array) -> jax.Array:
+    return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+
+def _cnn(act: Callable, pool: Callable) -> Callable:
+    def loss(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+        h = lax.conv_general_dilated(x, p["k1"], (1, 1), "SAME")
+        h = pool(act(h + p["c1"][None, :, None, None]))
+        h = lax.conv_general_dilated(h, p["k2"], (1, 1), "SAME")
+        h = pool(act(h + p["c2"][None, :, None, None]))
+        logits = h.reshape(h.shape[0], -1) @ p["W"] + p["b"]
+        return examples.softmax_loss(logits, y)
+
+    return loss
+
+
+#: Two 3x3 convolutions with tanh and 2x2 average pooling, then dense (smooth).
+cnn_loss = _cnn(jnp.tanh, _avg_pool)
+#: The same with ReLU and max pooling: kinks, so check_grads tracks winners.
+cnn_relu_loss = _cnn(jax.nn.relu, _max_pool)
+
+
+def cnn_problem(loss: Callable = cnn_loss, kind: str = "tanh, average pooling"):
     """A small CNN: 1x16x16 inputs, 8 and 16 channels, batch 8 (3,818 params)."""
     rng = np.random.default_rng(0)
     params = {
@@ -92,10 +107,14 @@ def cnn_problem() -> tuple[str, Callable, Any, tuple]:
     }
     x = jnp.asarray(rng.normal(size=(8, 1, 16, 16)))
     y = jnp.asarray(rng.integers(0, 10, size=(8,)), jnp.int32)
-    return "CNN 1x16x16 -> 8 -> 16 ch, batch 8", cnn_loss, params, (x, y)
+    return f"CNN 1x16x16 -> 8 -> 16 ch ({kind}), batch 8", loss, params, (x, y)
 
 
-PROBLEMS = {"mlp": mlp_problem, "cnn": cnn_problem}
+PROBLEMS = {
+    "mlp": mlp_problem,
+    "cnn": cnn_problem,
+    "cnn_relu": lambda: cnn_problem(cnn_relu_loss, "ReLU, max pooling: kinks tracked"),
+}
 
 
 # --------------------------------------------------------------------------------
@@ -116,24 +135,41 @@ def propagation(enabled: bool, used: list) -> Iterator[dict]:
         yield {}
         return
     dense_block, dense_bytes = engine._block_jit, engine.bytes_per_coordinate
+    dense_eval = engine._eval_block_jit
+
+    def evaluate(fn, x_flat, idx, deltas, dyn_params, dyn_args):
+        ev = propagate.make_propagated_evaluator(
+            fn, x_flat, dyn_params, dyn_args, num_coords=x_flat.size
+        )
+        if ev is None:
+            return dense_eval(fn, x_flat, idx, deltas, dyn_params, dyn_args)
+        used.append(("tracked", tuple(getattr(fn, "fn", fn).leaf_shape)))
+        return ev(x_flat, idx, deltas, dyn_params, dyn_args)
 
     def block(fn, x_flat, idx, step, dyn_params, dyn_args):
-        blk = propagate.make_propagated_block(fn, x_flat, dyn_params, dyn_args)
+        blk = propagate.make_propagated_block(
+            fn, x_flat, dyn_params, dyn_args, num_coords=x_flat.size
+        )
         if blk is None:
             return dense_block(fn, x_flat, idx, step, dyn_params, dyn_args)
         used.append(tuple(fn.leaf_shape))
         return blk(x_flat, idx, step, dyn_params, dyn_args)
 
     def nbytes(fn, x_flat, dyn_params, dyn_args):
-        if propagate.make_propagated_block(fn, x_flat, dyn_params, dyn_args) is None:
+        blk = propagate.make_propagated_block(
+            fn, x_flat, dyn_params, dyn_args, num_coords=x_flat.size
+        )
+        if blk is None:
             return dense_bytes(fn, x_flat, dyn_params, dyn_args)
         return propagate.bytes_per_coordinate(fn, x_flat, dyn_params, dyn_args)
 
     engine._block_jit, engine.bytes_per_coordinate = block, nbytes
+    engine._eval_block_jit = evaluate
     try:
         yield {}
     finally:
         engine._block_jit, engine.bytes_per_coordinate = dense_block, dense_bytes
+        engine._eval_block_jit = dense_eval
 
 
 def _leaf_fns(f: Callable, params: Any, args: tuple) -> Iterator[tuple]:
@@ -156,6 +192,10 @@ def _leaf_fns(f: Callable, params: Any, args: tuple) -> Iterator[tuple]:
 
 def time_check(f, params, args, *, enabled: bool, repeats: int) -> dict:
     used: list = []
+    # A fair first call: nothing compiled yet, for either path.
+    jax.clear_caches()
+    propagate._PLANS.clear()
+    propagate._program_cached.cache_clear()
     with propagation(enabled, used) as kw:
         first, report = C.time_once(
             lambda: jaxcheck.check_grads(f, params, *args, **kw)
@@ -167,7 +207,7 @@ def time_check(f, params, args, *, enabled: bool, repeats: int) -> dict:
             )
             times = timing.times
     return {"first": first, "best": min(times), "times": times,
-            "report": report, "used": sorted(set(used))}  # fmt: skip
+            "report": report, "used": sorted(set(used), key=str)}  # fmt: skip
 
 
 def dense_estimate(f, params, args, *, sample: int) -> dict:
@@ -272,7 +312,8 @@ def run_problem(name: str, args_ns: argparse.Namespace) -> str:
     print("  plans ...", flush=True)
     plans = []
     for path, fn, x, dp, da in _leaf_fns(f, params, args):
-        plans.append(f"{path}: " + propagate.propagation_plan(fn, x, dp, da))
+        plan = propagate.propagation_plan(fn, x, dp, da, num_coords=x.size)
+        plans.append(f"{path}: {plan}")
 
     print("  propagated check ...", flush=True)
     prop = time_check(f, params, args, enabled=True, repeats=args_ns.repeats)
@@ -359,7 +400,7 @@ def run_problem(name: str, args_ns: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--models", default="mlp,cnn,cnn_relu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-seconds", type=float, default=300.0)
     ap.add_argument("--sample", type=int, default=2048)

@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,6 +79,11 @@ __all__ = [
 #: Propagate only when the estimated work per coordinate is at most this
 #: fraction of the dense path's (below it the second compilation is not worth it).
 MIN_GAIN = 0.7
+#: When the caller says how many coordinates it will evaluate: propagate only
+#: when the dense path's total estimated work (multiply-adds, roughly) is at
+#: least this. Compiling the propagated evaluation costs about as much as
+#: 1e8 to 1e9 units of dense work on a CPU; below this a leaf is cheap anyway.
+MIN_DENSE_WORK = 2e7
 
 # --------------------------------------------------------------------------------
 # The program: a flat list of equations, with calls inlined.
@@ -116,9 +122,10 @@ class _Program:
     outs: tuple  # int ids or _Lit
     avals: dict  # id -> aval
     producer: dict  # id -> index of the equation computing it
+    out_tree: Any = None  # the pytree structure of f's output
 
-    def dependent(self, root: int) -> frozenset[int]:
-        dep = {root}
+    def dependent(self, *roots: int) -> frozenset[int]:
+        dep = set(roots)
         for eqn in self.eqns:
             if any(isinstance(a, int) and a in dep for a in eqn.ins):
                 dep.update(eqn.outs)
@@ -250,11 +257,18 @@ def _sds(x: Any) -> jax.ShapeDtypeStruct:
 
 
 @functools.lru_cache(maxsize=64)
-def _program_cached(fn: engine.LeafFunction, sig: tuple) -> _Program:
+def _program_cached(
+    fn: engine.LeafFunction, sig: tuple, pair: bool = False
+) -> _Program:
     x, dp, da = jax.tree_util.tree_unflatten(
         sig[0], [jax.ShapeDtypeStruct(s, d, weak_type=w) for s, d, w in sig[1]]
     )
-    return _flatten(jax.make_jaxpr(fn)(x, dp, da))
+    if pair:  # fn.pair(leaf_a, leaf_b, dp, da): two points at once
+        closed, shapes = jax.make_jaxpr(fn.pair, return_shape=True)(x, x, dp, da)
+    else:
+        closed, shapes = jax.make_jaxpr(fn, return_shape=True)(x, dp, da)
+    prog = _flatten(closed)
+    return dataclasses.replace(prog, out_tree=jax.tree_util.tree_structure(shapes))
 
 
 def _signature(x_flat: Any, dyn_params: Sequence[Any], dyn_args: Sequence[Any]):
@@ -267,12 +281,12 @@ def _signature(x_flat: Any, dyn_params: Sequence[Any], dyn_args: Sequence[Any]):
     )
 
 
-def _program(fn, x_flat, dyn_params, dyn_args) -> _Program:
+def _program(fn, x_flat, dyn_params, dyn_args, pair: bool = False) -> _Program:
     sig = _signature(x_flat, dyn_params, dyn_args)
     try:
-        return _program_cached(fn, sig)
+        return _program_cached(fn, sig, pair)
     except TypeError:  # an unhashable LeafFunction: no caching
-        return _program_cached.__wrapped__(fn, sig)
+        return _program_cached.__wrapped__(fn, sig, pair)
 
 
 # --------------------------------------------------------------------------------
@@ -345,6 +359,13 @@ def _inexact(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
+def _linear(dtype: Any) -> bool:
+    """Whether values of ``dtype`` can carry a change (``base + delta``) through
+    linear operations: floating point (up to round-off) and integers (exactly,
+    modulo 2**bits, e.g. the uint32 words of a winner tracker); not bool."""
+    return _inexact(dtype) or bool(jnp.issubdtype(dtype, jnp.integer))
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int | np.integer)
 
@@ -385,6 +406,19 @@ class _Ctx:
         self.idx_dtype = idx_dtype
         self.log = log
         self.memo: dict[Any, Any] = {}
+
+    def index(self, name: str, fn: Callable[..., Any], *operands: Any) -> Any:
+        """``fn(*operands)`` on window starts, once per interpretation: equal
+        windows reached along two paths then have identical starts (so they
+        align without widening)."""
+        if all(_is_int(o) for o in operands):
+            return fn(*operands)
+        key = (name, *(int(o) if _is_int(o) else id(o) for o in operands))
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = (fn(*operands), operands)
+            self.memo[key] = hit
+        return hit[0]
 
     def dslice(self, x: Any, starts: Sequence[Any], sizes: Sequence[int]) -> Any:
         if tuple(sizes) == tuple(np.shape(x)):
@@ -571,7 +605,7 @@ def _linear_elementwise(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any)
     """add/sub/neg/mul/div on the change, when a perturbed operand carries one."""
     name = eqn.name
     locs = [x for x in ins if isinstance(x, _Loc)]
-    if not any(loc.delta for loc in locs) or not _inexact(eqn.out_avals[0].dtype):
+    if not any(loc.delta for loc in locs) or not _linear(eqn.out_avals[0].dtype):
         return _elementwise(ctx, eqn, ins, out_base)
     shape = tuple(eqn.out_avals[0].shape)
     if any(len(_shape(x)) not in (0, len(shape)) for x in ins):
@@ -595,7 +629,7 @@ def _linear_elementwise(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any)
         return ctx.make(out_base, ref.starts, ref.sizes, total, True)
     if name in ("mul", "div") and len(locs) == 1:
         k = 0 if isinstance(ins[0], _Loc) else 1
-        if name == "div" and k == 1:
+        if name == "div" and (k == 1 or not _inexact(eqn.out_avals[0].dtype)):
             return _elementwise(ctx, eqn, ins, out_base)
         loc = ctx.as_delta(ctx.broadcast_to(ins[k], shape))
         other = ctx.const_slice(ins[1 - k].value, loc.starts, loc.sizes, shape)
@@ -684,15 +718,17 @@ def _reshape(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
             continue
         flat_start: Any = 0
         for a in gi:
-            flat_start = flat_start * src[a] + loc.starts[a]
+            flat_start = ctx.index(
+                "muladd", lambda f, b, m=src[a]: f * m + b, flat_start, loc.starts[a]
+            )
         flat_size = math.prod(loc.sizes[a] for a in gi)
         if len(go) == 1:
             starts[go[0]], sizes[go[0]] = flat_start, flat_size
         else:  # flat_size == 1: unravel
             rest = flat_start
             for a in reversed(go):
-                starts[a], sizes[a] = _rem(rest, dst[a]), 1
-                rest = _div(rest, dst[a])
+                starts[a], sizes[a] = ctx.index("rem", _rem, rest, dst[a]), 1
+                rest = ctx.index("div", _div, rest, dst[a])
     patch = jnp.reshape(loc.patch, sizes)
     return ctx.make(out_base, starts, sizes, patch, loc.delta)
 
@@ -745,7 +781,7 @@ def _slice(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     # A window of one entry that may fall outside the slice: carried as a change
     # (zero when outside). Other partial windows are widened first.
     pinned = [a for a in range(loc.ndim) if not loc.full(a) and loc.sizes[a] == 1]
-    if pinned and not _inexact(loc.dtype):
+    if pinned and not _linear(loc.dtype):
         loc = ctx.widen(loc, pinned)
         pinned = []
     loc = ctx.widen(
@@ -763,7 +799,11 @@ def _slice(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
             s = loc.starts[a]
             ok = (s >= lo[a]) & (s < hi[a]) & ((s - lo[a]) % strides[a] == 0)
             valid = ok if valid is None else valid & ok
-            starts[a] = jnp.clip((s - lo[a]) // strides[a], 0, out_shape[a] - 1)
+            starts[a] = ctx.index(
+                "slice",
+                lambda s, lo, st, n: jnp.clip((s - lo) // st, 0, n - 1),
+                s, lo[a], strides[a], out_shape[a],
+            )  # fmt: skip
             sizes[a] = 1
             patch_lo.append(0)
             patch_hi.append(1)
@@ -778,18 +818,17 @@ def _slice(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     return ctx.make(out_base, starts, sizes, patch, loc.delta)
 
 
-def _concatenate(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
-    axis = eqn.params["dimension"]
+def _join(ctx: _Ctx, ins: Sequence[Any], axis: int, out_base: _Ref) -> Any:
+    """The concatenation of ``ins`` (``_Loc`` or ``_Const``) along ``axis``."""
     locs = [x for x in ins if isinstance(x, _Loc)]
-    offsets = np.cumsum([0] + [_shape(x)[axis]
-                               for x in ins])  # fmt: skip
+    offsets = np.cumsum([0] + [_shape(x)[axis] for x in ins])
     if len(locs) == 1:
         k = next(k for k, x in enumerate(ins) if isinstance(x, _Loc))
         loc = ins[k]
         starts = list(loc.starts)
-        starts[axis] = starts[axis] + int(offsets[k])
+        starts[axis] = ctx.index("add", operator.add, starts[axis], int(offsets[k]))
         return ctx.make(out_base, starts, loc.sizes, loc.patch, loc.delta)
-    delta = any(loc.delta for loc in locs) and _inexact(eqn.out_avals[0].dtype)
+    delta = any(loc.delta for loc in locs) and _linear(out_base.dtype)
     locs = [ctx.widen(loc, [axis]) for loc in locs]
     locs = [ctx.as_delta(loc) if delta else loc for loc in locs]
     locs = ctx.align(locs, skip=[axis])
@@ -804,10 +843,34 @@ def _concatenate(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any
             sizes[axis] = np.shape(x.value)[axis]
             c = ctx.dslice(x.value, ref.starts, sizes)
             parts.append(jnp.zeros_like(c) if delta else c)
-    patch = _bind(eqn, parts)
+    patch = lax.concatenate(parts, axis)
     sizes = list(ref.sizes)
     sizes[axis] = int(offsets[-1])
     return ctx.make(out_base, ref.starts, sizes, patch, delta)
+
+
+def _concatenate(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
+    return _join(ctx, ins, eqn.params["dimension"], out_base)
+
+
+def _expand(x: Any, axis: int) -> Any:
+    """``x`` with a new axis of size 1 at ``axis``."""
+    if isinstance(x, _Const):
+        return _Const(jnp.expand_dims(x.value, axis))
+    shape = x.shape[:axis] + (1,) + x.shape[axis:]
+    ref = _Ref(lambda: jnp.expand_dims(x.base, axis), shape, x.dtype)
+    return _Loc(
+        ref,
+        x.starts[:axis] + (0,) + x.starts[axis:],
+        x.sizes[:axis] + (1,) + x.sizes[axis:],
+        jnp.expand_dims(x.patch, axis),
+        x.delta,
+    )
+
+
+def _stack(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
+    axis = eqn.params["axis"]
+    return _join(ctx, [_expand(x, axis) for x in ins], axis, out_base)
 
 
 def _pad(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
@@ -829,7 +892,7 @@ def _pad(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     patch_config = []
     for a, (lo, hi, interior) in enumerate(config):
         if a in shiftable:
-            starts[a] = loc.starts[a] + lo
+            starts[a] = ctx.index("add", operator.add, loc.starts[a], lo)
             sizes[a] = loc.sizes[a]
             patch_config.append((0, 0, 0))
         else:
@@ -845,14 +908,16 @@ def _rev(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     starts = list(loc.starts)
     for a in dims:
         if not loc.full(a):
-            starts[a] = loc.shape[a] - loc.starts[a] - loc.sizes[a]
+            starts[a] = ctx.index(
+                "rev", lambda s, n: n - s, loc.starts[a], loc.shape[a] - loc.sizes[a]
+            )
     return ctx.make(out_base, starts, loc.sizes, lax.rev(loc.patch, dims), loc.delta)
 
 
 def _reduce_sum(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     (loc,) = ins
     axes = tuple(eqn.params["axes"])
-    if not _inexact(loc.dtype):
+    if not _linear(loc.dtype):
         return _reduction(ctx, eqn, ins, out_base)
     keep = [a for a in range(loc.ndim) if a not in axes]
     patch = _bind(eqn, [ctx.deltas(loc)])
@@ -916,7 +981,7 @@ def _dot_general(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     p_lhs = isinstance(lhs, _Loc)
     P, U = (lhs, rhs.value) if p_lhs else (rhs, lhs.value)
-    if not _inexact(P.dtype):
+    if not _linear(P.dtype):
         return None
     pc, uc = (lc, rc) if p_lhs else (rc, lc)
     pb, ub = (lb, rb) if p_lhs else (rb, lb)
@@ -1062,6 +1127,7 @@ _RULES: dict[str, Callable[..., Any]] = {
     "squeeze": _squeeze,
     "slice": _slice,
     "concatenate": _concatenate,
+    "stack": _stack,
     "pad": _pad,
     "rev": _rev,
     "reduce_sum": _reduce_sum,
@@ -1143,10 +1209,10 @@ def _interpret(
     prog: _Program,
     base: _Base,
     dep: frozenset[int],
-    leaf: _Loc,
+    leaves: dict[int, _Loc],
     ctx: _Ctx,
 ) -> list[Any]:
-    env: dict[int, Any] = {prog.in_ids[0]: leaf}
+    env: dict[int, Any] = dict(leaves)
     dense_cache: dict[int, Any] = {}
     log = ctx.log
     ctx.memo = {}
@@ -1257,6 +1323,12 @@ def _interpret(
     return outs
 
 
+def _uses_pair(fn: Any, num_offsets: int) -> bool:
+    """Whether the engine evaluates ``fn.pair`` for rows of 2 offsets (a winner
+    tracker: values, words, and the decisions that changed between the two)."""
+    return num_offsets == 2 and callable(getattr(fn, "pair", None))
+
+
 def _evaluator(
     fn: engine.LeafFunction,
     x_flat: jax.Array,
@@ -1264,26 +1336,38 @@ def _evaluator(
     dyn_args: Sequence[Any],
     idx_dtype: Any,
     log: _Log | None,
-) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``at(i, v)``: ``f`` with ``x[i]`` set to each of the values ``v`` (K,)."""
-    prog = _program(fn, x_flat, dyn_params, dyn_args)
-    if len(prog.outs) != 1:
-        raise ValueError(f"`f` must return one array, got {len(prog.outs)} outputs.")
-    base = _Base(prog, [x_flat, *dyn_params, *dyn_args])
+    pair: bool = False,
+) -> Callable[[jax.Array, jax.Array], Any]:
+    """``at(i, v)``: ``f`` with ``x[i]`` set to each of the values ``v`` (K,),
+    stacked along a new leading axis of every output; with ``pair``,
+    ``fn.pair`` at the two values ``v`` (2,)."""
+    prog = _program(fn, x_flat, dyn_params, dyn_args, pair)
+    leaves = [x_flat, x_flat] if pair else [x_flat]
+    base = _Base(prog, [*leaves, *dyn_params, *dyn_args])
     if log is None:
         # Compute once, outside the loop over chunks, what the interpretation
         # will ask for (the planning run recorded it).
-        base.compute(sorted(_plan(fn, x_flat, dyn_params, dyn_args).base_ids))
+        plan = _plan(fn, x_flat, dyn_params, dyn_args, pair)
+        base.compute(sorted(plan.base_ids))
     else:
         log.bases.append(base)
-    dep = prog.dependent(prog.in_ids[0])
+    roots = prog.in_ids[: len(leaves)]
+    dep = prog.dependent(*roots)
     ctx = _Ctx(idx_dtype, log)
     leaf_ref = _value_ref(x_flat)
 
-    def at(i: jax.Array, vals: jax.Array) -> jax.Array:
-        def single(v: jax.Array) -> jax.Array:
-            leaf = _Loc(leaf_ref, (i,), (1,), jnp.reshape(v, (1,)), False)
-            return _interpret(prog, base, dep, leaf, ctx)[0]
+    def loc(i: jax.Array, v: jax.Array) -> _Loc:
+        return _Loc(leaf_ref, (i,), (1,), jnp.reshape(v, (1,)), False)
+
+    def at(i: jax.Array, vals: jax.Array) -> Any:
+        if pair:
+            start = {r: loc(i, vals[k]) for k, r in enumerate(roots)}
+            outs = _interpret(prog, base, dep, start, ctx)
+            return jax.tree_util.tree_unflatten(prog.out_tree, outs)
+
+        def single(v: jax.Array) -> Any:
+            outs = _interpret(prog, base, dep, {roots[0]: loc(i, v)}, ctx)
+            return jax.tree_util.tree_unflatten(prog.out_tree, outs)
 
         return jax.vmap(single)(vals)
 
@@ -1305,6 +1389,8 @@ def _run_block(
     def one(i: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         xi = x_flat[i]
         out = at(i, jnp.stack([xi + h, xi - h]))
+        if not isinstance(out, jax.Array):
+            raise TypeError(f"`f` must return one array, got {type(out).__name__}.")
         return out[0], out[1]
 
     return jax.lax.map(lambda blk: jax.vmap(one)(*blk), (idx_block, step_block))
@@ -1317,10 +1403,17 @@ def _run_eval(
     delta_block: jax.Array,
     dyn_params: Sequence[Any],
     dyn_args: Sequence[Any],
-) -> jax.Array:
-    at = _evaluator(fn, x_flat, dyn_params, dyn_args, idx_block.dtype, None)
+    log: _Log | None = None,
+) -> Any:
+    pair = _uses_pair(fn, delta_block.shape[-1])
+    if log is None and not _plan(fn, x_flat, dyn_params, dyn_args, pair).applicable:
+        # This form of the evaluation gains nothing: the plain engine's.
+        return engine._eval_block(
+            fn, x_flat, idx_block, delta_block, dyn_params, dyn_args
+        )
+    at = _evaluator(fn, x_flat, dyn_params, dyn_args, idx_block.dtype, log, pair)
 
-    def one(i: jax.Array, d: jax.Array) -> jax.Array:
+    def one(i: jax.Array, d: jax.Array) -> Any:
         return at(i, x_flat[i] + d)
 
     return jax.lax.map(lambda blk: jax.vmap(one)(*blk), (idx_block, delta_block))
@@ -1417,10 +1510,11 @@ class _Plan:
     dense_work: int = 0  # per coordinate and sign, plain engine
     nbytes: int = 0  # per coordinate (both signs), propagated
     base_ids: frozenset = frozenset()  # unperturbed values the interpretation uses
+    single_output: bool = True  # f returns one array (else only the evaluator)
 
 
-def _dense_work(prog: _Program, dep: frozenset[int]) -> int:
-    total = math.prod(prog.avals[prog.in_ids[0]].shape)  # the perturbed copy
+def _dense_work(prog: _Program, dep: frozenset[int], copies: int = 1) -> int:
+    total = copies * math.prod(prog.avals[prog.in_ids[0]].shape)  # perturbed copies
     for eqn in prog.eqns:
         if not any(isinstance(a, int) and a in dep for a in eqn.ins):
             continue
@@ -1435,11 +1529,15 @@ def _dense_work(prog: _Program, dep: frozenset[int]) -> int:
     return total
 
 
-def _analyse(fn: engine.LeafFunction, x_flat, dyn_params, dyn_args) -> _Plan:
+def _analyse(
+    fn: engine.LeafFunction, x_flat, dyn_params, dyn_args, pair=False
+) -> _Plan:
     dtype = _dtype(x_flat)
     n = int(np.size(x_flat))
-    leaf = f"{dtype}[{','.join(map(str, getattr(fn, 'leaf_shape', (n,))))}]"
-    if getattr(fn, "leaf_pos", 0) is None:
+    inner = getattr(fn, "fn", fn)  # a winner tracker wraps the leaf function
+    shape = getattr(fn, "leaf_shape", getattr(inner, "leaf_shape", (n,)))
+    leaf = f"{dtype}[{','.join(map(str, shape))}]"
+    if getattr(fn, "leaf_pos", getattr(inner, "leaf_pos", 0)) is None:
         return _Plan(False, "no leaf is perturbed", leaf=leaf)
     if not _inexact(dtype):
         return _Plan(False, f"the leaf is {dtype}, not floating point", leaf=leaf)
@@ -1447,23 +1545,24 @@ def _analyse(fn: engine.LeafFunction, x_flat, dyn_params, dyn_args) -> _Plan:
     idx = jax.ShapeDtypeStruct((1, 1), np.int32 if n < 2**31 else np.int64)
     try:
         jax.eval_shape(
-            functools.partial(_run_block, fn, log=log),
+            functools.partial(_run_eval, fn, log=log),
             _sds(x_flat),
             idx,
-            jax.ShapeDtypeStruct((), dtype),
+            jax.ShapeDtypeStruct((1, 1, 2 if pair else 1), dtype),
             [_sds(v) for v in dyn_params],
             [_sds(v) for v in dyn_args],
         )
-        prog = _program(fn, x_flat, dyn_params, dyn_args)
+        prog = _program(fn, x_flat, dyn_params, dyn_args, pair)
     except Exception as e:  # noqa: BLE001 - any failure means: use the dense path
         return _Plan(False, f"tracing failed ({type(e).__name__}: {e})", leaf=leaf)
-    dep = prog.dependent(prog.in_ids[0])
-    dense = _dense_work(prog, dep)
+    dep = prog.dependent(*prog.in_ids[: 2 if pair else 1])
+    dense = _dense_work(prog, dep, 2 if pair else 1)
     steps = tuple(log.steps)
     work = sum(s.work for s in steps)
     nbytes = 2 * sum(s.nbytes for s in steps)
     base_ids = frozenset(log.bases[-1].accessed) if log.bases else frozenset()
-    details = (steps, leaf, work, dense, nbytes, base_ids)
+    single = prog.out_tree is not None and prog.out_tree.num_leaves == 1
+    details = (steps, leaf, work, dense, nbytes, base_ids, single)
     if not any(
         s.kind == "propagated" and s.eqn.split("/")[-1] in _LINEAR for s in steps
     ):
@@ -1480,26 +1579,30 @@ def _analyse(fn: engine.LeafFunction, x_flat, dyn_params, dyn_args) -> _Plan:
     return _Plan(True, "", *details)
 
 
-def _plan(fn: engine.LeafFunction, x_flat, dyn_params, dyn_args) -> _Plan:
+def _plan(fn: engine.LeafFunction, x_flat, dyn_params, dyn_args, pair=False) -> _Plan:
     sig = _signature(x_flat, dyn_params, dyn_args)
     try:
-        return _plan_cached(fn, sig, x_flat, dyn_params, dyn_args)
+        return _plan_cached(fn, sig, x_flat, dyn_params, dyn_args, pair)
     except TypeError:  # unhashable
-        return _analyse(fn, x_flat, dyn_params, dyn_args)
+        return _analyse(fn, x_flat, dyn_params, dyn_args, pair)
 
 
 _PLANS: dict[Any, _Plan] = {}
 
 
-def _plan_cached(fn, sig, x_flat, dyn_params, dyn_args) -> _Plan:
-    key = (fn, sig)
+def _plan_cached(fn, sig, x_flat, dyn_params, dyn_args, pair) -> _Plan:
+    key = (fn, sig, pair)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _analyse(fn, x_flat, dyn_params, dyn_args)
+        plan = _analyse(fn, x_flat, dyn_params, dyn_args, pair)
         if len(_PLANS) > 256:
             _PLANS.clear()
         _PLANS[key] = plan
     return plan
+
+
+def _too_small(plan: _Plan, num_coords: int | None) -> bool:
+    return num_coords is not None and num_coords * plan.dense_work < MIN_DENSE_WORK
 
 
 def make_propagated_block(
@@ -1507,6 +1610,8 @@ def make_propagated_block(
     x_flat: jax.Array,
     dyn_params: Sequence[Any],
     dyn_args: Sequence[Any],
+    *,
+    num_coords: int | None = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array]] | None:
     """A compiled evaluator of ``f(x ± h e_i)`` by perturbation propagation, or
     ``None`` where it does not apply or would not pay off.
@@ -1522,6 +1627,10 @@ def make_propagated_block(
       x_flat: the leaf, flattened (only its shape and dtype are used).
       dyn_params: the dynamic parameter leaves (shapes and dtypes used).
       dyn_args: the dynamic argument leaves (shapes and dtypes used).
+      num_coords: how many coordinates the caller will evaluate; when given, a
+        leaf whose dense evaluation is cheap anyway (below
+        :data:`MIN_DENSE_WORK` in total) is declined: a second compilation would
+        cost more than it saves.
 
     Returns:
       the block function, or ``None``: then use the dense path.
@@ -1538,7 +1647,8 @@ def make_propagated_block(
       >>> fp.shape
       (4, 8)
     """
-    if not _plan(fn, x_flat, dyn_params, dyn_args).applicable:
+    plan = _plan(fn, x_flat, dyn_params, dyn_args)
+    if not plan.applicable or not plan.single_output or _too_small(plan, num_coords):
         return None
     return _Bound(_propagated_block_jit, fn)
 
@@ -1548,16 +1658,27 @@ def make_propagated_evaluator(
     x_flat: jax.Array,
     dyn_params: Sequence[Any],
     dyn_args: Sequence[Any],
+    *,
+    num_coords: int | None = None,
 ) -> Callable[..., jax.Array] | None:
     """Like :func:`make_propagated_block`, for the general form
     ``evaluate(x_flat, idx_block, delta_block, dyn_params, dyn_args)`` of
     ``jaxcheck.engine._eval_block`` (``K`` offsets per coordinate).
 
+    ``fn`` may return any pytree of arrays, e.g. a winner tracker's
+    ``(value, words)``: the outputs are stacked like ``_eval_block`` stacks
+    them. For a ``fn`` with a ``pair`` method (:class:`jaxcheck.kinks.WinnerTracker`)
+    and rows of 2 offsets, ``fn.pair`` at both points is propagated at once, as
+    ``_eval_block`` evaluates it. Integer outputs (the uint32 decision words)
+    come out bit-identical: the words are modular sums, updated by the change in
+    the window only.
+
     Args:
-      fn: the function of the flattened leaf (a scalar function).
+      fn: the function of the flattened leaf, or a winner tracker of it.
       x_flat: the leaf, flattened (only its shape and dtype are used).
       dyn_params: the dynamic parameter leaves (shapes and dtypes used).
       dyn_args: the dynamic argument leaves (shapes and dtypes used).
+      num_coords: as in :func:`make_propagated_block`.
 
     Returns:
       the evaluator (already jitted), or ``None``: then use the dense path.
@@ -1573,8 +1694,12 @@ def make_propagated_evaluator(
       ...    [w], [x]).shape
       (1, 2, 3)
     """
-    if not _plan(fn, x_flat, dyn_params, dyn_args).applicable:
+    plans = [_plan(fn, x_flat, dyn_params, dyn_args)]
+    if _uses_pair(fn, 2):
+        plans.append(_plan(fn, x_flat, dyn_params, dyn_args, True))
+    if not any(p.applicable and not _too_small(p, num_coords) for p in plans):
         return None
+    # A form of the call whose plan does not apply runs the plain engine inside.
     return _Bound(_propagated_eval_block_jit, fn)
 
 
@@ -1626,7 +1751,7 @@ def bytes_per_coordinate(
       >>> bytes_per_coordinate(fn, *args) < engine.bytes_per_coordinate(fn, *args)
       True
     """
-    plan = _plan(fn, x_flat, dyn_params, dyn_args)
+    plan = _plan(fn, x_flat, dyn_params, dyn_args, _uses_pair(fn, 2))
     if not plan.applicable:
         return engine.bytes_per_coordinate(fn, x_flat, dyn_params, dyn_args)
     return max(int(plan.nbytes), 8)
@@ -1641,6 +1766,8 @@ def propagation_plan(
     x_flat: jax.Array,
     dyn_params: Sequence[Any],
     dyn_args: Sequence[Any],
+    *,
+    num_coords: int | None = None,
 ) -> str:
     """What perturbation propagation does for this leaf, for the report.
 
@@ -1648,7 +1775,8 @@ def propagation_plan(
     window's size against the full shape), where the dense path starts (the
     values materialized, and the operation that needed them), and the
     estimated work per coordinate against the plain engine; or why propagation
-    does not apply.
+    does not apply. For a winner tracker, the plan of ``fn.pair`` (both points
+    of a row at once). ``num_coords`` as in :func:`make_propagated_block`.
 
     Examples:
       >>> import jax.tree_util as jtu
@@ -1665,11 +1793,17 @@ def propagation_plan(
         output: float32[] materialized
       estimated work per coordinate: 9 (0.052x of the dense path's 173)
     """
-    plan = _plan(fn, x_flat, dyn_params, dyn_args)
-    head = "propagated" if plan.applicable else "not propagated"
-    lines = [
-        f"{head}: leaf {plan.leaf}" + ("" if plan.applicable else f": {plan.reason}")
-    ]
+    plan = _plan(fn, x_flat, dyn_params, dyn_args, _uses_pair(fn, 2))
+    reason = plan.reason
+    applicable = plan.applicable
+    if applicable and _too_small(plan, num_coords):
+        applicable = False
+        reason = (
+            f"too small: {num_coords:,} coordinates x {plan.dense_work:,} dense work "
+            f"< {MIN_DENSE_WORK:.0e} in all, less than a second compilation costs"
+        )
+    head = "propagated" if applicable else "not propagated"
+    lines = [f"{head}: leaf {plan.leaf}" + ("" if applicable else f": {reason}")]
     shown = [
         (k, s)
         for k, s in enumerate(plan.steps)

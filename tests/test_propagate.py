@@ -220,7 +220,10 @@ def _attention_input():
 
 
 #: Leaves compared for each model (default: all).
-ONLY = {"attention_input": ["['x']"]}
+ONLY = {
+    "attention_input": ["['x']"],
+    "attention": ["['q']", "['v']", "['gain']"],  # ['k'] and ['o'] are alike
+}
 
 MODELS = {
     "mlp": _mlp,
@@ -297,6 +300,19 @@ def test_plan_says_why_not():
     assert plan.startswith("not propagated: leaf float64[5]: no benefit"), plan
 
 
+def test_small_leaves_declined_when_the_caller_counts_coordinates():
+    with jax.enable_x64(True):
+        f, params, args = _mlp()
+        (_, fn, x, dp, da), *_ = _leaf_fns(f, params, args)
+        assert propagate.make_propagated_block(fn, x, dp, da) is not None
+        assert propagate.make_propagated_block(fn, x, dp, da, num_coords=3) is None
+        assert propagate.make_propagated_evaluator(fn, x, dp, da, num_coords=3) is None
+        plan = propagate.propagation_plan(fn, x, dp, da, num_coords=3)
+        assert plan.startswith("not propagated: leaf float64[20,8]: too small: 3 "), (
+            plan
+        )
+
+
 def test_mlp_work_estimate_is_small():
     with jax.enable_x64(True):
         params = examples.mlp_init((784, 100, 10), dtype=jnp.float64)
@@ -371,13 +387,20 @@ OPS = {
         )
     ),
     "scalar_leaf_use": lambda p, c: jnp.sum(jnp.tanh(p["w"][2, 3] * c)),
+    "stack": lambda p, c: jnp.sum(
+        jnp.sin(jnp.stack([p["w"], c, p["w"] * c], axis=1))
+        + jnp.stack([c[0], p["w"][1]])[:, None, None]
+    ),
 }
 
 
 #: Operations checked together (one compilation per group; each term is its own
 #: path from the leaf, so the terms do not hide each other).
 OP_GROUPS = {
-    "slicing": ["slice", "concatenate", "concatenate_twice", "pad", "pad_interior", "rev"],
+    "slicing": [
+        "slice", "concatenate", "concatenate_twice", "pad", "pad_interior", "rev",
+        "stack",
+    ],
     "reshaping": [
         "transpose_reshape", "reshape_merge", "reshape_split", "squeeze_expand",
         "scalar_leaf_use",
@@ -470,6 +493,43 @@ def test_not_applicable_cases():
 
 
 # --------------------------------------------------------------------------------
+# Winner trackers (kink detection): same values, bit-identical decision words
+
+
+@pytest.mark.parametrize("model, path", [("relu_tied_l2", "['W1']"), ("cnn", "['k1']")])
+def test_winner_tracker_words_identical(model, path):
+    from jaxcheck import kinks
+
+    with jax.enable_x64(True):
+        f, params, args = MODELS[model]()
+        crossed = 0
+        for p, fn, x, dp, da in _leaf_fns(f, params, args):
+            if p != path:
+                continue
+            tracker = kinks.winner_tracker(fn, x, dp, da)
+            assert tracker.num_sites > 0
+            ev = propagate.make_propagated_evaluator(tracker, x, dp, da)
+            assert ev is not None, propagate.propagation_plan(tracker, x, dp, da)
+            assert propagate.make_propagated_block(tracker, x, dp, da) is None
+            n = min(x.size, 48)
+            idx = jnp.asarray(np.linspace(0, x.size - 1, n).astype(np.int32)[None])
+            # Rows of K offsets (fn itself), and pairs (fn.pair, with the count
+            # of decisions that differ): steps large enough to cross kinks.
+            for offsets in ([1e-3, -1e-3, 0.0, 1e-9], [0.5, -0.5]):
+                d = jnp.broadcast_to(jnp.asarray(offsets), (1, n, len(offsets)))
+                dense = engine._eval_block_jit(tracker, x, idx, d, dp, da)
+                prop = ev(x, idx, d, dp, da)
+                assert len(prop) == len(dense)
+                for a, b in zip(dense[1:], prop[1:], strict=True):  # words, counts
+                    assert a.dtype == b.dtype
+                    np.testing.assert_array_equal(a, b, err_msg=path)
+                scale = float(jnp.abs(dense[0]).max())
+                assert float(jnp.abs(prop[0] - dense[0]).max()) <= 64 * EPS * scale
+                crossed += int(jnp.sum(dense[-1])) if len(offsets) == 2 else 0
+        assert crossed > 0
+
+
+# --------------------------------------------------------------------------------
 # Verdicts of check_grads are the same with and without propagation
 
 
@@ -489,7 +549,17 @@ def _check_both(monkeypatch, f, params, *args, **kwargs):
         used.append(fn.leaf_shape)
         return block(x_flat, idx, step, dyn_params, dyn_args)
 
+    original_eval = engine._eval_block_jit
+
+    def routed_eval(fn, x_flat, idx, deltas, dyn_params, dyn_args):
+        ev = propagate.make_propagated_evaluator(fn, x_flat, dyn_params, dyn_args)
+        if ev is None:
+            return original_eval(fn, x_flat, idx, deltas, dyn_params, dyn_args)
+        used.append(("tracked", fn.fn.leaf_shape))
+        return ev(x_flat, idx, deltas, dyn_params, dyn_args)
+
     monkeypatch.setattr(engine, "_block_jit", routed)
+    monkeypatch.setattr(engine, "_eval_block_jit", routed_eval)
     prop = jaxcheck.check_grads(f, params, *args, **kwargs)
     return dense, prop, used
 
@@ -506,15 +576,36 @@ def _same_verdicts(dense, prop):
         ]
 
 
-@pytest.mark.parametrize("model", ["cnn", "embedding", "attention"])
+def _only(f, params, args, keep):
+    """``f`` checked on the leaves ``keep`` of ``params`` only (the rest fixed)."""
+    rest = {k: v for k, v in params.items() if k not in keep}
+
+    def g(p, *a):
+        return f({**p, **a[-1]}, *a[:-1])
+
+    return g, {k: params[k] for k in keep}, (*args, rest)
+
+
+#: Leaves whose verdicts are compared (fewer compilations; the others are alike).
+VERDICT_LEAVES = {
+    "cnn_nhwc": ["k"],
+    "embedding": ["table", "W"],
+    "attention": ["q", "o"],
+    "relu_tied_l2": ["W1", "b1"],
+}
+
+
+@pytest.mark.parametrize("model", sorted(VERDICT_LEAVES))
 def test_check_grads_verdicts_identical(monkeypatch, model):
     with jax.enable_x64(True):
-        f, params, args = MODELS[model]()
+        f, params, args = _only(*MODELS[model](), VERDICT_LEAVES[model])
     dense, prop, used = _check_both(monkeypatch, f, params, *args)
     assert dense.passed
     _same_verdicts(dense, prop)
     if used is not None:
         assert used, "propagation was never used"
+        if model == "relu_tied_l2":  # ReLU: kinks tracked
+            assert any(u[0] == "tracked" for u in used), used
 
 
 def test_check_grads_verdicts_identical_on_an_mlp_with_a_planted_bug(monkeypatch):
@@ -646,7 +737,7 @@ OP_NAMES = ("transpose merge split slice pad rev broadcast mul_const tanh sum ma
             "cumsum dot dot_left concat square where take").split()  # fmt: skip
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)
 @given(
     shape=st.lists(st.integers(2, 4), min_size=1, max_size=3),
     names=st.lists(st.sampled_from(OP_NAMES), min_size=2, max_size=5),
