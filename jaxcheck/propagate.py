@@ -23,20 +23,27 @@ correctness never depends on coverage.
 
 Rules (a perturbed operand meets unperturbed ones unless said otherwise):
 
-* linear, on the change: ``dot_general`` (either operand), ``conv_general_dilated``
-  (kernel entry: a one-channel convolution; input window on the feature or batch
-  axes), ``gather`` (embeddings: only rows that gathered the perturbed row
-  change), ``reduce_sum``, ``add``/``sub``/``neg`` (also of two perturbed values),
-  ``mul``/``div`` by an unperturbed value;
+* linear, on the change: ``dot_general`` (either operand; both perturbed is
+  bilinear: dense from there), ``conv_general_dilated`` (a kernel entry: a
+  one-channel convolution of one input channel; an input window on the feature
+  or batch axes: a convolution of that slice only), ``gather`` (embeddings:
+  only the rows that gathered the perturbed row change, found with a gather of
+  an iota), ``reduce_sum``, ``add``/``sub``/``neg`` (also of two perturbed
+  values), ``mul``/``div`` by an unperturbed value;
 * structural, on either form: ``reshape``, ``transpose``, ``broadcast_in_dim``,
-  ``squeeze``, ``slice``, ``concatenate``, ``pad``, ``rev``,
+  ``squeeze``, ``slice``, ``concatenate``, ``stack``, ``pad``, ``rev``,
   ``convert_element_type``, ``stop_gradient``, ``copy``;
 * local, on the new values: every elementwise primitive (``tanh``, ``exp``,
   ``max``, ``select_n``, comparisons, ``integer_pow``, ... also with several
-  perturbed operands), reductions and cumulative ops along axes outside the
-  window (the window is widened to the whole axis first), ``reduce_window_*``
-  along axes where the window is 1.
+  perturbed operands); reductions (``reduce_max``, ``argmax``, ...) and
+  cumulative ops, after widening the window to the whole reduced axis;
+  ``reduce_window_*`` (pooling) after widening it to the pooled axes.
 
+Integer values carry changes exactly (modulo ``2**bits``), so a winner
+tracker's uint32 decision words (:mod:`jaxcheck.kinks`, a weighted sum of the
+decisions) come out bit-identical while only the window's decisions are
+recomputed; :func:`make_propagated_evaluator` also propagates a tracker's
+``pair`` (both points of a row and the decisions that changed between them).
 ``jit``/``pjit``, ``custom_jvp_call``, ``custom_vjp_call`` and ``checkpoint``
 are inlined (their primal computation is what ``f`` evaluates).
 
@@ -44,10 +51,16 @@ Round-off: a propagated ``f(x ± h e_i)`` differs from the dense evaluation by
 round-off only (a few ``eps * |f|``); elementwise steps are bit-identical, and
 the linear ones sum in a different order. Finite differences of the two paths
 therefore agree to within the round-off noise ``eps * |f| / h`` that the check
-already allows for.
+already allows for (verdicts can differ only for coordinates whose difference
+is at that noise level).
 
-Memory per coordinate is the size of the windows and of the values after the
-first materialization (see :func:`bytes_per_coordinate`), not the leaf size.
+Whether it applies is decided per leaf, from a trace of the interpretation
+(cached per function and shapes): it must cover at least one linear consumer,
+and the estimated work per coordinate must be at most :data:`MIN_GAIN` of the
+dense path's; given the number of coordinates, a leaf cheap anyway is left to
+the dense path (:data:`MIN_DENSE_WORK`). Memory per coordinate is the size of
+the windows and of the values after the first materialization (see
+:func:`bytes_per_coordinate`), not the leaf size.
 """
 
 from __future__ import annotations
