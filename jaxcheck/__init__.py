@@ -12,6 +12,7 @@ from . import plots as plots
 from . import sanity as sanity
 from .check import assert_grads as assert_grads
 from .check import check_grads as check_grads
+from .check import step_sweep as step_sweep
 from .compare import band_counts as band_counts
 from .compare import relative_error as relative_error
 from .derivatives import BlockCheckReport as BlockCheckReport
@@ -30,6 +31,10 @@ from .derivatives import directions_for_risk as directions_for_risk
 from .derivatives import miss_probability as miss_probability
 from .derivatives import stack_points as stack_points
 from .engine import default_memory_budget as default_memory_budget
+from .kinks import KinkAnalysis as KinkAnalysis
+from .kinks import Site as Site
+from .kinks import inspect_kinks as inspect_kinks
+from .kinks import track_winners as track_winners
 from .protocol import BurnInError as BurnInError
 from .protocol import BurnInWarning as BurnInWarning
 from .protocol import DeterminismReport as DeterminismReport
@@ -48,6 +53,9 @@ from .report import GradCheckReport as GradCheckReport
 from .report import GradientCheckError as GradientCheckError
 from .report import LeafReport as LeafReport
 from .report import SkippedLeaf as SkippedLeaf
+from .steps import LeafSweep as LeafSweep
+from .steps import StepSweep as StepSweep
+from .steps import plot_step_sweep as plot_step_sweep
 
 __version__ = "0.1.0"
 
@@ -62,12 +70,16 @@ __all__ = (
     "ForwardModeUnsupportedError",
     "GradCheckReport",
     "GradientCheckError",
+    "KinkAnalysis",
     "LeafReport",
+    "LeafSweep",
     "LossTermsReport",
     "ModesReport",
     "MultiPointReport",
     "NondeterminismError",
+    "Site",
     "SkippedLeaf",
+    "StepSweep",
     "assert_deterministic",
     "assert_grads",
     "band_counts",
@@ -88,11 +100,15 @@ __all__ = (
     "default_memory_budget",
     "directions_for_risk",
     "examples",
+    "inspect_kinks",
     "miss_probability",
     "monitor",
+    "plot_step_sweep",
     "plots",
     "relative_error",
     "sanity",
     "stack_points",
+    "step_sweep",
     "take_datapoints",
+    "track_winners",
 )

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -1012,7 +1012,14 @@ def check_grads(
     track_kinks: bool = True,
     strict: bool = False,
     dtype: str = "float64",
-) -> GradCheckReport:
+    burn_in: int = 0,
+    burn_in_options: Mapping[str, Any] | None = None,
+    datapoints: int | None = None,
+    datapoints_options: Mapping[str, Any] | None = None,
+    check_determinism: bool = False,
+    order: int = 1,
+    modes: Sequence[str] = ("rev",),
+) -> Any:
     """Checks the gradient of ``f`` with respect to ``params`` against finite
     differences, coordinate by coordinate, in float64.
 
@@ -1084,10 +1091,30 @@ def check_grads(
       dtype: ``"float64"`` (default) or ``"float32"``: run the whole check,
         gradient and finite differences, in single precision, to see why double
         precision matters.
+      burn_in: run this many optimisation steps of ``f`` first and check at the
+        point reached (the notes' "characteristic mode"); see
+        :func:`jaxcheck.burn_in`, whose keywords go in ``burn_in_options``.
+      burn_in_options: keywords of :func:`jaxcheck.burn_in` (``learning_rate``,
+        ``optimizer``, ``on_failure``).
+      datapoints: cut the batch arguments to this many examples first (see
+        :func:`jaxcheck.take_datapoints`; its keywords go in
+        ``datapoints_options``); the report records the cut.
+      datapoints_options: keywords of :func:`jaxcheck.take_datapoints`.
+      check_determinism: evaluate ``f`` and its gradient twice first and raise
+        :class:`jaxcheck.NondeterminismError` when they differ.
+      order: 2 also checks second derivatives (Hessian entries against finite
+        differences of the gradient).
+      modes: ``("rev",)`` (default), or with ``"fwd"`` to check forward mode too.
+
+    ``f`` may also be a dict of loss terms (``{"data": f_data, "reg": f_reg}``)
+    or a function returning one: each term and their sum are checked separately
+    (see :func:`jaxcheck.check_loss_terms`).
 
     Returns:
       a :class:`GradCheckReport`: ``report.passed``, a table per leaf in
-      ``str(report)``, HTML in Jupyter, ``report.to_dict()`` for JSON.
+      ``str(report)``, HTML in Jupyter, ``report.to_dict()`` for JSON. With loss
+      terms, a :class:`jaxcheck.LossTermsReport`; with ``order=2`` or extra
+      ``modes``, a :class:`jaxcheck.ModesReport` (one report per mode/order).
 
     Raises:
       TypeError: if ``f`` does not return a real floating-point scalar, or
@@ -1114,6 +1141,25 @@ def check_grads(
       >>> r.passed, r.num_kink, r.rtol
       (True, 3, 0.0001)
     """
+    from . import protocol  # late import: protocol calls check_grads
+
+    if (
+        burn_in
+        or datapoints is not None
+        or check_determinism
+        or order != 1
+        or tuple([modes] if isinstance(modes, str) else modes) != ("rev",)
+        or protocol.is_loss_terms(f, params, *args)
+    ):
+        return protocol.run_protocol(
+            f, params, *args, burn_in=burn_in, burn_in_options=burn_in_options,
+            datapoints=datapoints, datapoints_options=datapoints_options,
+            check_determinism=check_determinism, order=order, modes=modes,
+            grad_fn=grad_fn, coords=coords, step=step, seed=seed, rtol=rtol,
+            noise_factor=noise_factor, memory_budget=memory_budget,
+            chunk_size=chunk_size, max_worst=max_worst, progress=progress,
+            method=method, track_kinks=track_kinks, strict=strict, dtype=dtype,
+        )  # fmt: skip
     method, target = _validate_common(f, grad_fn, step, method, dtype)
     if not isinstance(max_worst, int) or max_worst < 0:
         raise ValueError(f"`max_worst` must be an int >= 0, got {max_worst!r}.")

@@ -1442,7 +1442,11 @@ def run_protocol(
     by_modes = derivatives.check_modes(f, params, *args, modes=modes, **check_kwargs)
     reports = dict(by_modes.reports)
     if order == 2:
-        second = {k: v for k, v in check_kwargs.items() if k in _SECOND_ORDER_KEYS}
+        second = {
+            k: v
+            for k, v in check_kwargs.items()
+            if k in _SECOND_ORDER_KEYS and v is not None  # None: its own default
+        }
         reports["order 2"] = derivatives.check_second_order(f, params, *args, **second)
     return derivatives.ModesReport(
         reports=reports,

@@ -326,3 +326,38 @@ def test_tracked_and_plain_estimates_agree_away_from_kinks():
 def test_assert_grads_passes_a_correct_relu_at_its_kinks():
     r = jaxcheck.assert_grads(lambda w: jnp.sum(jax.nn.relu(w) * w), jnp.zeros(4))
     assert r.num_kink == 4 and r.num_wrong == 0
+
+
+def test_protocol_keywords_dispatch():
+    def f(p, x):
+        return jnp.sum(jnp.tanh(x @ p["W"]) ** 2) + 1e-3 * jnp.sum(p["W"] ** 2)
+
+    p, x = {"W": jnp.full((3, 2), 0.3)}, jnp.linspace(-1, 1, 12).reshape(4, 3)
+    second = jaxcheck.check_grads(f, p, x, order=2)
+    assert type(second).__name__ == "ModesReport" and "order 2" in second.reports
+    assert second.passed
+    modes = jaxcheck.check_grads(f, p, x, modes=("rev", "fwd"))
+    assert set(modes.reports) == {"rev", "fwd"} and modes.passed
+    cut = jaxcheck.check_grads(f, p, x, burn_in=3, datapoints=2)
+    assert cut.passed and any("2 of 4 examples" in n for n in cut.notes)
+    assert any(n.startswith("burn-in: 3 steps") for n in cut.notes)
+
+
+def test_loss_terms_dict_catches_reg_bug():
+    @jax.custom_vjp
+    def l2(w):
+        return jnp.sum(w**2)
+
+    l2.defvjp(lambda w: (jnp.sum(w**2), w), lambda w, g: (g * w,))  # forgot the 2
+    terms = {
+        "data": lambda p, x: jnp.sum(jnp.tanh(x @ p["W"]) ** 2),
+        "reg": lambda p, x: 1e-3 * l2(p["W"]),
+    }
+    p, x = {"W": jnp.full((3, 2), 0.3)}, jnp.linspace(-1, 1, 12).reshape(4, 3)
+    with pytest.warns(jaxcheck.DominatedTermWarning, match="'reg'"):
+        # rtol=1e-3, as for a deep or kinked net: the sum's error (~2e-4) hides the bug
+        report = jaxcheck.check_grads(terms, p, x, rtol=1e-3)
+    assert type(report).__name__ == "LossTermsReport" and not report.passed
+    assert not report.terms["reg"].passed and report.terms["data"].passed
+    assert report.total.passed  # the sum alone would have hidden the bug
+    assert report.dominated == ("reg",)
