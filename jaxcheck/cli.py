@@ -134,12 +134,24 @@ def _load(target: str) -> tuple:
     return tuple(problem)
 
 
+def _step(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'--step must be a number or "auto", got {text!r}'
+        ) from None
+
+
 def _check(args: argparse.Namespace) -> int:
     f, params, *fargs = _load(args.target)
     coords: Any = "all" if args.coords == "all" else int(args.coords)
     report: GradCheckReport = check_grads(
-        f, params, *fargs, coords=coords, step=args.step, rtol=args.rtol, seed=args.seed
-    )
+        f, params, *fargs, coords=coords, step=args.step, rtol=args.rtol,
+        seed=args.seed, method=args.method, strict=args.strict,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -173,7 +185,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     chk.add_argument("target", help="MODULE:FUNCTION")
     chk.add_argument("--coords", default="all", help='"all" or coordinates per leaf')
     chk.add_argument(
-        "--step", type=float, default=1e-5, help="finite-difference step h"
+        "--step", type=_step, default=None, help='finite-difference step h, or "auto"'
+    )
+    chk.add_argument(
+        "--method",
+        default="central",
+        choices=("central", "forward", "four_point"),
+        help="finite-difference stencil",
+    )
+    chk.add_argument(
+        "--strict", action="store_true", help="fail on untestable coordinates too"
     )
     chk.add_argument("--rtol", type=float, default=None, help="relative-error bar")
     chk.add_argument("--seed", type=int, default=0, help="seed of coordinate sampling")

@@ -78,3 +78,13 @@ def test_console_script_installed():
         [sys.executable, "-m", "jaxcheck.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "demo" in out.stdout and "check" in out.stdout
+
+
+def test_check_options(user_modules, capsys):
+    assert (
+        cli.main(["check", "good_problem:problem", "--step", "auto", "--strict"]) == 0
+    )
+    assert "PASSED" in capsys.readouterr().out
+    assert cli.main(["check", "bad_problem:problem", "--method", "four_point"]) == 1
+    with pytest.raises(SystemExit):
+        cli.main(["check", "good_problem:problem", "--step", "tiny"])
