@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import compare, engine, kinks, steps, tree
+from . import propagate as _propagate
 from . import steps as _steps
 from .report import (
     CoordResult,
@@ -346,6 +347,7 @@ class _Settings:
     budget: int
     platform: str
     seed: int
+    propagate: bool = True
 
 
 class _Leaf:
@@ -376,12 +378,34 @@ class _Leaf:
                 self.fn, self.x_flat, point.dyn_params, point.dyn_args
             )
             self.tracked = self.tracker.num_sites > 0
+        # Perturbation propagation (jaxcheck.propagate): the same values of
+        # f(x ± h e_i), computed from the structure of the leaf's linear consumers.
+        self.block: Callable[..., Any] | None = None
+        self.evaluator: Callable[..., Any] | None = None
+        self.propagation = "off (propagate=False)"
+        if cfg.propagate:
+            target = self.tracker if self.tracked else self.fn
+            pargs = (target, self.x_flat, point.dyn_params, point.dyn_args)
+            if self.tracked:
+                self.evaluator = _propagate.make_propagated_evaluator(
+                    *pargs, num_coords=self.n
+                )
+            else:
+                self.block = _propagate.make_propagated_block(*pargs, num_coords=self.n)
+            self.propagation = _propagate.propagation_plan(*pargs, num_coords=self.n)
+        self.propagated = self.block is not None or self.evaluator is not None
         if cfg.chunk_size is not None:
             self.chunk = cfg.chunk_size
         else:
-            per = engine.bytes_per_coordinate(
-                self.fn, self.x_flat, point.dyn_params, point.dyn_args
-            )
+            if self.propagated:
+                target = self.tracker if self.evaluator is not None else self.fn
+                per = _propagate.bytes_per_coordinate(
+                    target, self.x_flat, point.dyn_params, point.dyn_args
+                )
+            else:
+                per = engine.bytes_per_coordinate(
+                    self.fn, self.x_flat, point.dyn_params, point.dyn_args
+                )
             self.chunk = engine.choose_chunk_size(per, self.n, cfg.budget, cfg.platform)
         self.per_call = min(EVAL_CHUNKS_PER_CALL, -(-(self.n + 1) // self.chunk))
         self.main_shapes: tuple[int, ...] = ()
@@ -402,12 +426,12 @@ class _Leaf:
             return engine.evaluate(
                 self.tracker, self.x_flat, idx, deltas, self.point.dyn_params,
                 self.point.dyn_args, chunk_size=self.chunk,
-                chunks_per_call=self.per_call,
+                chunks_per_call=self.per_call, evaluator=self.evaluator,
             )  # fmt: skip
         fp, fm = engine.central_differences(
             self.fn, self.x_flat, idx, deltas[:, 0], self.point.dyn_params,
             self.point.dyn_args, chunk_size=self.chunk,
-            chunks_per_call=self.slow_shape(len(idx)),
+            chunks_per_call=self.slow_shape(len(idx)), block=self.block,
         )  # fmt: skip
         return np.stack([fp, fm], axis=1), None, None
 
@@ -468,7 +492,7 @@ class _Leaf:
                 self.fn, self.x_flat, idx, d if len(mults) > 1 else h,
                 self.point.dyn_params, self.point.dyn_args, chunk_size=self.chunk,
                 on_progress=None if on_progress is None or len(mults) > 1
-                else on_progress,
+                else on_progress, block=self.block,
             )  # fmt: skip
             if on_progress is not None and len(mults) > 1:
                 on_progress(n)
@@ -943,6 +967,8 @@ class _Leaf:
             kinks=tuple(coord(j) for j in kink_rows[: cfg.max_worst]),
             tracked=bool(self.tracked),
             num_retried=num_retried,
+            propagated=self.propagated,
+            propagation=self.propagation,
             noise=float(self.noise_median),
             num_kink_crossed=int((self.kink_label != "").sum()),
         )
@@ -1012,6 +1038,7 @@ def check_grads(
     track_kinks: bool = True,
     strict: bool = False,
     dtype: str = "float64",
+    propagate: bool = True,
     burn_in: int = 0,
     burn_in_options: Mapping[str, Any] | None = None,
     datapoints: int | None = None,
@@ -1091,6 +1118,12 @@ def check_grads(
       dtype: ``"float64"`` (default) or ``"float32"``: run the whole check,
         gradient and finite differences, in single precision, to see why double
         precision matters.
+      propagate: evaluate ``f(x ± h e_i)`` by perturbation propagation where it
+        pays off (:mod:`jaxcheck.propagate`): what does not depend on the leaf is
+        computed once, and the perturbation travels through the leaf's linear
+        consumers (matmuls, convolutions, sums, gathers) as a small delta. Same
+        values up to round-off; ``False`` uses the plain vmapped engine for every
+        leaf. ``report`` says which leaves used it.
       burn_in: run this many optimisation steps of ``f`` first and check at the
         point reached (the notes' "characteristic mode"); see
         :func:`jaxcheck.burn_in`, whose keywords go in ``burn_in_options``.
@@ -1159,6 +1192,7 @@ def check_grads(
             noise_factor=noise_factor, memory_budget=memory_budget,
             chunk_size=chunk_size, max_worst=max_worst, progress=progress,
             method=method, track_kinks=track_kinks, strict=strict, dtype=dtype,
+            propagate=propagate,
         )  # fmt: skip
     method, target = _validate_common(f, grad_fn, step, method, dtype)
     if not isinstance(max_worst, int) or max_worst < 0:
@@ -1178,7 +1212,7 @@ def check_grads(
         return _check(
             f, params, args, grad_fn, coords, step, seed, rtol, noise_factor,
             memory_budget, chunk_size, max_worst, progress, method, track_kinks,
-            strict, target, t_start,
+            strict, target, t_start, propagate,
         )  # fmt: skip
 
 
@@ -1288,6 +1322,7 @@ def _check(
     strict: bool,
     target: Any,
     t_start: float,
+    propagate: bool = True,
 ) -> GradCheckReport:
     point = _prepare(f, params, args, target)
     f0 = float(_value_jit(point.full, point.dyn_params, point.dyn_args))
@@ -1301,6 +1336,7 @@ def _check(
         point, rtol, noise_factor, step, method, track_kinks, max_worst, chunk_size,
         memory_budget, seed,
     )  # fmt: skip
+    cfg.propagate = bool(propagate)
     grad_name, analytic = _analytic(point, grad_fn)
 
     selections = {

@@ -372,6 +372,7 @@ def central_differences(
     chunk_size: int,
     on_progress: Callable[[int], None] | None = None,
     chunks_per_call: int | None = None,
+    block: Callable[..., Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``f(x + h e_i)`` and ``f(x - h e_i)`` for every flat index ``i`` in ``indices``.
 
@@ -388,6 +389,11 @@ def central_differences(
         chunks (the last one padded), so that calls with any number of
         coordinates reuse one compilation. By default calls hold up to
         :data:`CHUNKS_PER_CALL` chunks and the last one only what is left.
+      block: evaluates one call instead of the plain vmapped engine, as
+        ``block(x_flat, idx_block, step_block, dyn_params, dyn_args) ->
+        (f_plus, f_minus)`` (e.g. from
+        :func:`jaxcheck.propagate.make_propagated_block`); ``None``: the plain
+        engine.
 
     Returns:
       ``(f_plus, f_minus)``, float64 NumPy arrays of ``len(indices)``.
@@ -416,19 +422,17 @@ def central_differences(
         nblk = per_call if chunks_per_call else min(per_call, num_chunks - start_chunk)
         lo = start_chunk * chunk
         hi = min(n, (start_chunk + nblk) * chunk)
-        block = np.zeros(nblk * chunk, dtype=int_dtype)
-        block[: hi - lo] = indices[lo:hi]
-        block[hi - lo :] = indices[lo]  # pad with a valid index; results dropped
+        block_idx = np.zeros(nblk * chunk, dtype=int_dtype)
+        block_idx[: hi - lo] = indices[lo:hi]
+        block_idx[hi - lo :] = indices[lo]  # pad with a valid index; results dropped
         hs = np.full(nblk * chunk, steps_arr[lo])
         hs[: hi - lo] = steps_arr[lo:hi]
-        fp, fm = _block_jit(
-            fn,
-            x_flat,
-            jnp.asarray(block.reshape(nblk, chunk)),
-            jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype),
-            dyn_params,
-            dyn_args,
-        )
+        idx_arr = jnp.asarray(block_idx.reshape(nblk, chunk))
+        hs_arr = jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype)
+        if block is None:
+            fp, fm = _block_jit(fn, x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
+        else:
+            fp, fm = block(x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
         plus_parts.append(np.asarray(fp, dtype=np.float64).reshape(-1)[: hi - lo])
         minus_parts.append(np.asarray(fm, dtype=np.float64).reshape(-1)[: hi - lo])
         if on_progress is not None:
@@ -505,6 +509,7 @@ def evaluate(
     chunk_size: int,
     chunks_per_call: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    evaluator: Callable[..., Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``f(x + deltas[r, k] e_i)`` for every row ``r`` (``i = indices[r]``) and
     offset ``k``: the general form of :func:`central_differences`.
@@ -528,6 +533,9 @@ def evaluate(
       chunks_per_call: chunks per compiled call (default: as many as needed, at
         most :data:`CHUNKS_PER_CALL`).
       on_progress: called with the number of rows finished by each call.
+      evaluator: evaluates one call instead of the plain engine, with the
+        arguments of ``_eval_block`` after ``fn`` (e.g. from
+        :func:`jaxcheck.propagate.make_propagated_evaluator`).
 
     Returns:
       ``(values, words, changed)``: float64 values of shape ``(R, K)``; the
@@ -570,14 +578,17 @@ def evaluate(
         idx[: stop - start] = indices[start:stop]
         dlt = np.zeros((rows_per_call, num_offsets))
         dlt[: stop - start] = deltas[start:stop]
-        out = _eval_block_jit(
-            fn,
+        call_args = (
             x_flat,
             jnp.asarray(idx.reshape(per_call, chunk)),
             jnp.asarray(dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype),
             dyn_params,
             dyn_args,
         )
+        if evaluator is None:
+            out = _eval_block_jit(fn, *call_args)
+        else:
+            out = evaluator(*call_args)
         if isinstance(out, tuple):
             vals, words = out[0], out[1]
             word_parts.append(

@@ -130,6 +130,9 @@ class LeafReport:
       kinks: examples of kink coordinates, at most ``max_worst``.
       tracked: whether the winners of this leaf were tracked.
       num_retried: untestable coordinates retried with a larger step.
+      propagated: whether ``f(x ± h e_i)`` was computed by perturbation
+        propagation (:mod:`jaxcheck.propagate`) instead of the plain engine.
+      propagation: the propagation plan, or why it was not used.
       noise: the median measured round-off noise (standard deviation) of ``f``
         along this leaf's questioned coordinates; NaN when not measured.
     """
@@ -155,6 +158,8 @@ class LeafReport:
     num_retried: int = 0
     noise: float = math.nan
     num_kink_crossed: int = 0
+    propagated: bool = False
+    propagation: str = ""
 
     @property
     def size(self) -> int:
@@ -403,6 +408,12 @@ class GradCheckReport:
             lines.append(
                 "  "
                 + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            )
+        fast = [leaf.path for leaf in leaves if leaf.propagated]
+        if fast:
+            lines.append(
+                "  perturbation propagated through linear consumers for: "
+                + ", ".join(fast)
             )
         for s in self.skipped:
             lines.append(f"  skipped {s.path} ({s.dtype}): {s.reason}")

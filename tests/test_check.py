@@ -361,3 +361,22 @@ def test_loss_terms_dict_catches_reg_bug():
     assert not report.terms["reg"].passed and report.terms["data"].passed
     assert report.total.passed  # the sum alone would have hidden the bug
     assert report.dominated == ("reg",)
+
+
+def test_propagation_used_and_same_verdicts_as_dense():
+    params = examples.mlp_init((200, 32, 10), seed=4)
+    x, y = examples.classification_batch(16, 200, 10)
+    fast = jaxcheck.check_grads(examples.mlp_loss, params, x, y, max_worst=50)
+    dense = jaxcheck.check_grads(
+        examples.mlp_loss, params, x, y, propagate=False, max_worst=50
+    )
+    assert fast.leaf("[0]['W']").propagated
+    assert fast.leaf("[0]['W']").propagation.startswith("propagated")
+    assert not dense.leaf("[0]['W']").propagated
+    assert "propagated through linear consumers for: [0]['W']" in str(fast)
+    for a, b in zip(fast.leaves, dense.leaves, strict=True):
+        assert (a.num_ok, a.num_wrong) == (b.num_ok, b.num_wrong)
+        nb = {c.index: c.numeric for c in b.worst}
+        for c in a.worst:
+            if c.index in nb:  # equal up to round-off eps*|f|/h
+                assert c.numeric == pytest.approx(nb[c.index], rel=0, abs=1e-9)
