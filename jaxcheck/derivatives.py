@@ -39,7 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import compare, engine, tree
-from .report import CoordResult, GradCheckReport, LeafReport, SkippedLeaf
+from .report import (
+    CoordResult,
+    GradCheckReport,
+    LeafReport,
+    SkippedLeaf,
+    html_headline,
+    text_table,
+)
 
 PyTree = Any
 
@@ -1188,9 +1195,7 @@ class ModesReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        color = "#2e7d32" if self.passed else "#c62828"
-        parts = [f'<div><p style="color:{color};font-weight:bold">'
-                 f"{html.escape(self.headline())}</p>"]  # fmt: skip
+        parts = ["<div>" + html_headline(self.headline(), self.passed)]
         for mode, why in self.unsupported.items():
             parts.append(f"<p><b>{html.escape(mode)}</b>: {html.escape(why)}</p>")
         parts.extend(f"<p>Note: {html.escape(n)}</p>" for n in self.notes)
@@ -1644,11 +1649,7 @@ class DirectionsReport:
             f"{self.num_directions} directions with probability <= "
             f"{self.miss_probability:.2g}"
         )
-        rows = [list(self._HEADER), *self._rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
-        for r in rows:
-            cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-            lines.append("  " + cells.rstrip())
+        lines.extend(text_table([list(self._HEADER), *self._rows()]))
         for s in self.skipped:
             lines.append(f"  skipped {s.path} ({s.dtype}): {s.reason}")
         for leaf in self.failures:
@@ -1668,9 +1669,8 @@ class DirectionsReport:
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        color = "#2e7d32" if self.passed else "#c62828"
         parts = [
-            f'<div><p style="color:{color};font-weight:bold">{esc(self.headline())}</p>',
+            "<div>" + html_headline(self.headline(), self.passed),
             f"<p>h={self.step:g}; bar: relative error &le; {self.rtol:g}; a bug of "
             f"relative size {self.error_size:g} passes with probability &le; "
             f"{self.miss_probability:.2g}</p><table><thead><tr>",
@@ -2164,12 +2164,7 @@ class MultiPointReport:
     _HEADER = ("point", "f", "checked", "max rel err", "wrong", "untestable", "verdict")
 
     def __str__(self) -> str:
-        rows = [list(self._HEADER), *self._rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
-        lines = [self.headline()]
-        for r in rows:
-            cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-            lines.append("  " + cells.rstrip())
+        lines = [self.headline(), *text_table([list(self._HEADER), *self._rows()])]
         for i in self.failed_points:
             lines.append(f"--- point {i} ---")
             lines.append(self.reports[i].failure_message())
@@ -2177,9 +2172,8 @@ class MultiPointReport:
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        color = "#2e7d32" if self.passed else "#c62828"
         parts = [
-            f'<div><p style="color:{color};font-weight:bold">{esc(self.headline())}</p>',
+            "<div>" + html_headline(self.headline(), self.passed),
             "<table><thead><tr>",
             "".join(f"<th>{esc(h)}</th>" for h in self._HEADER),
             "</tr></thead><tbody>",

@@ -44,7 +44,7 @@ from .derivatives import (
     _value_jit,
     _ValueOf,
 )
-from .report import GradCheckReport
+from .report import GradCheckReport, html_headline, text_table
 
 PyTree = Any
 OnFailure = Literal["warn", "raise", "ignore"]
@@ -121,9 +121,7 @@ class BurnInResult:
         return text + (f"\n  {self.message}" if self.message else "")
 
     def _repr_html_(self) -> str:
-        color = "#2e7d32" if self.decreased else "#c62828"
-        body = f'<p style="color:{color};font-weight:bold">{html.escape(str(self))}</p>'
-        return f"<div>{body}</div>"
+        return f"<div>{html_headline(str(self), self.decreased)}</div>"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (without the parameters)."""
@@ -561,12 +559,7 @@ class LossTermsReport:
         return rows
 
     def __str__(self) -> str:
-        rows = [list(self._HEADER), *self._rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
-        lines = [self.headline()]
-        for r in rows:
-            cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-            lines.append("  " + cells.rstrip())
+        lines = [self.headline(), *text_table([list(self._HEADER), *self._rows()])]
         for name, r in self.terms.items():
             if not r.passed:
                 lines.append(f"--- term {name} ---")
@@ -579,9 +572,8 @@ class LossTermsReport:
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        color = "#2e7d32" if self.passed else "#c62828"
         parts = [
-            f'<div><p style="color:{color};font-weight:bold">{esc(self.headline())}</p>',
+            "<div>" + html_headline(self.headline(), self.passed),
             "<table><thead><tr>",
             "".join(f"<th>{esc(h)}</th>" for h in self._HEADER),
             "</tr></thead><tbody>",
@@ -1098,11 +1090,11 @@ class DeterminismReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        color = "#2e7d32" if self.deterministic else "#c62828"
         items = "".join(f"<li>{html.escape(c)}</li>" for c in self.causes)
         return (
-            f'<div><p style="color:{color};font-weight:bold">'
-            f"{html.escape(self.headline())}</p><pre>{html.escape(str(self))}</pre>"
+            "<div>"
+            + html_headline(self.headline(), self.deterministic)
+            + f"<pre>{html.escape(str(self))}</pre>"
             + (f"<ul>{items}</ul>" if items else "")
             + "</div>"
         )

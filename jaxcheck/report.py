@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from .compare import BAND_NAMES
@@ -30,6 +31,31 @@ def _fmt(x: float) -> str:
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return str(x)
     return f"{x:.2e}"
+
+
+def text_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Rows of cells as left-aligned text lines (the first row is the header).
+
+    Examples:
+      >>> text_table([["leaf", "wrong"], ["['W']", "3"]])
+      ['  leaf   wrong', "  ['W']  3"]
+    """
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    ]
+
+
+def html_headline(text: str, passed: bool) -> str:
+    """A report's headline as a bold HTML paragraph, green or red.
+
+    Examples:
+      >>> html_headline("a < b", True)
+      '<p style="color:#2e7d32;font-weight:bold">a &lt; b</p>'
+    """
+    color = "#2e7d32" if passed else "#c62828"
+    return f'<p style="color:{color};font-weight:bold">{html.escape(text)}</p>'
 
 
 def _count(n: int, noun: str) -> str:
@@ -402,13 +428,7 @@ class GradCheckReport:
         )
         lines.append(f"  bar: relative error <= {self.rtol:g} ({self.bar_reason})")
         header = self._header()
-        rows = [header, *self._table_rows(leaves)]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        for r in rows:
-            lines.append(
-                "  "
-                + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            )
+        lines.extend(text_table([header, *self._table_rows(leaves)]))
         fast = [leaf.path for leaf in leaves if leaf.propagated]
         if fast:
             lines.append(
@@ -481,9 +501,8 @@ class GradCheckReport:
     # ----------------------------------------------------------------- html
     def _repr_html_(self) -> str:
         esc = html.escape
-        color = "#2e7d32" if self.passed else "#c62828"
         parts = [
-            f'<div><p style="color:{color};font-weight:bold">{esc(self.headline())}</p>',
+            "<div>" + html_headline(self.headline(), self.passed),
             f"<p>{esc(self.method)} differences, h={self.step:g}, {esc(self.dtype)}; "
             f"bar: relative error &le; {self.rtol:g} ({esc(self.bar_reason)})</p>",
             "<table><thead><tr>",
