@@ -1348,12 +1348,20 @@ def _check(
 
     leaf_reports = []
     noise_floor = math.nan
+    interrupted: tuple[str, ...] = ()
     try:
         for k, info in enumerate(point.checked):
             leaf = _Leaf(
                 point, info, k, selections[info.pos], analytic[info.pos], f0, cfg
             )
-            report = leaf.run(None if bar_ui is None else bar_ui.update)
+            try:
+                report = leaf.run(None if bar_ui is None else bar_ui.update)
+            except KeyboardInterrupt:
+                # Ctrl-C: keep what was checked, say what was not.
+                if not leaf_reports:
+                    raise
+                interrupted = tuple(i.path for i in point.checked[k:])
+                break
             leaf_reports.append(report)
             if math.isfinite(report.noise):
                 noise_floor = (
@@ -1381,6 +1389,12 @@ def _check(
             "cancel. Coordinates within that noise are untestable, not wrong."
         )
     notes.extend(_summary_notes(leaf_reports, total, cfg, f0))
+    if interrupted:
+        notes.insert(
+            0,
+            "interrupted (Ctrl-C): the leaves " + ", ".join(interrupted) + " were not "
+            "checked; the report covers only the leaves above and does not pass.",
+        )
     return GradCheckReport(
         leaves=tuple(leaf_reports),
         skipped=point.skipped,
@@ -1402,6 +1416,7 @@ def _check(
         strict=strict,
         depth=point.analysis.depth,
         step_rule="auto" if cfg.step == "auto" else "fixed",
+        interrupted=interrupted,
     )
 
 

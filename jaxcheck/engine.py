@@ -14,7 +14,11 @@ indices, it evaluates ``f(x + h e_i)`` and ``f(x - h e_i)`` for all of them:
 * compiled functions are cached per (function, leaf, shapes, chunk), so a second
   check of the same function does not compile again.
 
-The engine runs on whatever device JAX has. It does not enable float64 itself:
+The engine runs on whatever device JAX has. With several local devices (GPUs,
+or CPU devices forced with ``--xla_force_host_platform_device_count``), every
+chunk is split along its coordinates over all of them (a ``jax.sharding`` mesh
+over the coordinate axis; the leaf, the other parameters and the arguments are
+replicated), so the user changes nothing. It does not enable float64 itself:
 :func:`jaxcheck.check_grads` calls it inside ``jax.enable_x64(True)``.
 """
 
@@ -45,6 +49,34 @@ CPU_CHUNK_TARGET_BYTES = 2 << 20
 #: At most this many chunks per compiled call; longer leaves take several calls
 #: (this bounds the padding wasted on the last call and lets progress show).
 CHUNKS_PER_CALL = 64
+
+
+def _coordinate_sharding() -> Any:
+    """A sharding that splits the coordinate axis (axis 1 of an index block) over
+    every local device, or ``None`` on a single device."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    mesh = jax.sharding.Mesh(np.array(devices), ("coords",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "coords"))
+
+
+def num_shards() -> int:
+    """How many devices a chunk of coordinates is split over (1 on one device).
+
+    Examples:
+      >>> num_shards() >= 1
+      True
+    """
+    return max(1, len(jax.local_devices()))
+
+
+def _place(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """Spread index/step blocks over the devices along their coordinate axis."""
+    sharding = _coordinate_sharding()
+    if sharding is None or arrays[0].shape[1] % num_shards():
+        return arrays
+    return tuple(jax.device_put(a, sharding) for a in arrays)
 
 
 def _hash_or_id(x: Any) -> int:
@@ -357,8 +389,11 @@ def choose_chunk_size(
     else:
         cap = MAX_CHUNK_ACCELERATOR
     chunk = int(min(fit, cap, max(num_coords, 1)))
-    # Round down to a power of two so that similar leaves share compilations.
-    return 1 << (chunk.bit_length() - 1)
+    # Round down to a power of two so that similar leaves share compilations,
+    # and up to a multiple of the devices the chunk is spread over.
+    chunk = 1 << (chunk.bit_length() - 1)
+    shards = num_shards()
+    return -(-chunk // shards) * shards
 
 
 def central_differences(
@@ -427,8 +462,10 @@ def central_differences(
         block_idx[hi - lo :] = indices[lo]  # pad with a valid index; results dropped
         hs = np.full(nblk * chunk, steps_arr[lo])
         hs[: hi - lo] = steps_arr[lo:hi]
-        idx_arr = jnp.asarray(block_idx.reshape(nblk, chunk))
-        hs_arr = jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype)
+        idx_arr, hs_arr = _place(
+            jnp.asarray(block_idx.reshape(nblk, chunk)),
+            jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype),
+        )
         if block is None:
             fp, fm = _block_jit(fn, x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
         else:
@@ -578,13 +615,11 @@ def evaluate(
         idx[: stop - start] = indices[start:stop]
         dlt = np.zeros((rows_per_call, num_offsets))
         dlt[: stop - start] = deltas[start:stop]
-        call_args = (
-            x_flat,
+        idx_arr, dlt_arr = _place(
             jnp.asarray(idx.reshape(per_call, chunk)),
             jnp.asarray(dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype),
-            dyn_params,
-            dyn_args,
         )
+        call_args = (x_flat, idx_arr, dlt_arr, dyn_params, dyn_args)
         if evaluator is None:
             out = _eval_block_jit(fn, *call_args)
         else:

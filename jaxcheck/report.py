@@ -243,6 +243,8 @@ class GradCheckReport:
       strict: whether untestable coordinates fail the check.
       depth: the longest chain of matrix products / convolutions in ``f``.
       step_rule: ``"fixed"`` or ``"auto"`` (chosen per leaf).
+      interrupted: the leaves not checked because the check was interrupted
+        (Ctrl-C); empty for a complete check.
     """
 
     leaves: tuple[LeafReport, ...]
@@ -265,6 +267,7 @@ class GradCheckReport:
     strict: bool = False
     depth: int = 0
     step_rule: str = "fixed"
+    interrupted: tuple[str, ...] = ()
 
     def _leaf_fails(self, leaf: LeafReport) -> bool:
         return not leaf.passed or (self.strict and leaf.num_untestable > 0)
@@ -275,8 +278,11 @@ class GradCheckReport:
 
         Untestable and kink coordinates do not fail a check; they are counted
         in :attr:`num_untestable` and :attr:`num_kink` and shown in the report.
-        With ``strict=True`` untestable coordinates fail it too.
+        With ``strict=True`` untestable coordinates fail it too, and a check
+        interrupted with Ctrl-C never passes.
         """
+        if self.interrupted:
+            return False
         return not any(self._leaf_fails(leaf) for leaf in self.leaves)
 
     @property
@@ -343,6 +349,8 @@ class GradCheckReport:
     def headline(self) -> str:
         """One line: the verdict, what was checked, and the worst coordinate."""
         status = "PASSED" if self.passed else "FAILED"
+        if self.interrupted and not self.failures:
+            status = "INTERRUPTED"
         text = (
             f"jaxcheck: gradient check {status}: {_count(len(self.leaves), 'leaf')}, "
             f"{_count(self.num_checked, 'coordinate')}"
@@ -566,6 +574,7 @@ class GradCheckReport:
         """A JSON-serialisable dict of the whole report."""
         return {
             "passed": self.passed,
+            "interrupted": list(self.interrupted),
             "rtol": self.rtol,
             "bar_reason": self.bar_reason,
             "step": self.step,
