@@ -979,13 +979,8 @@ class _Leaf:
 # --------------------------------------------------------------------------- #
 
 
-def _validate_common(
-    f: Callable[..., Any],
-    grad_fn: Callable[..., PyTree] | None,
-    step: Any,
-    method: str,
-    dtype: str,
-) -> tuple[str, Any]:
+def validate_callables(f: Any, grad_fn: Any = None) -> None:
+    """Raises a TypeError naming ``f`` or ``grad_fn`` when it is not callable."""
     if not callable(f):
         raise TypeError(
             f"`f` must be callable as f(params, *args), got {type(f).__name__}."
@@ -995,6 +990,16 @@ def _validate_common(
             f"`grad_fn` must be callable as grad_fn(params, *args) or None, got "
             f"{type(grad_fn).__name__}."
         )
+
+
+def _validate_common(
+    f: Callable[..., Any],
+    grad_fn: Callable[..., PyTree] | None,
+    step: Any,
+    method: str,
+    dtype: str,
+) -> tuple[str, Any]:
+    validate_callables(f, grad_fn)
     if not (
         step is None
         or step == "auto"

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import compare, engine, tree
+from .check import validate_callables
 from .report import (
     CoordResult,
     GradCheckReport,
@@ -637,15 +638,7 @@ def check_second_order(
       >>> check_second_order(loss, jnp.array([1.0, 2.0])).passed
       False
     """
-    if not callable(f):
-        raise TypeError(
-            f"`f` must be callable as f(params, *args), got {type(f).__name__}."
-        )
-    if grad_fn is not None and not callable(grad_fn):
-        raise TypeError(
-            f"`grad_fn` must be callable as grad_fn(params, *args) or None, got "
-            f"{type(grad_fn).__name__}."
-        )
+    validate_callables(f, grad_fn)
     if method not in ("fwd_over_rev", "rev_over_rev"):
         raise ValueError(
             f'`method` must be "fwd_over_rev" or "rev_over_rev", got {method!r}.'
@@ -1920,15 +1913,7 @@ def check_directions(
       >>> report.num_evaluations < 100 < report.full_check_evaluations
       True
     """
-    if not callable(f):
-        raise TypeError(
-            f"`f` must be callable as f(params, *args), got {type(f).__name__}."
-        )
-    if grad_fn is not None and not callable(grad_fn):
-        raise TypeError(
-            f"`grad_fn` must be callable as grad_fn(params, *args) or None, got "
-            f"{type(grad_fn).__name__}."
-        )
+    validate_callables(f, grad_fn)
     _validate_common(step, 0, None)
     bar = compare.default_bar(rtol, noise_factor)
     if num is not None and risk is not None:
@@ -2302,10 +2287,7 @@ def check_points(
       >>> report.passed, len(report.reports)
       (True, 3)
     """
-    if not callable(f):
-        raise TypeError(
-            f"`f` must be callable as f(params, *args), got {type(f).__name__}."
-        )
+    validate_callables(f)
     _validate_common(step, max_worst, chunk_size)
     bar = compare.default_bar(rtol, noise_factor)
     t_start = time.perf_counter()

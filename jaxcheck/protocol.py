@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tree
+from .check import validate_callables
 from .derivatives import (
     _callable_name,
     _GradOf,
@@ -211,10 +212,7 @@ def run_burn_in(
       >>> result.decreased, round(result.initial_loss, 3), result.final_loss < 1
       (True, 18.0, True)
     """
-    if not callable(f):
-        raise TypeError(
-            f"`f` must be callable as f(params, *args), got {type(f).__name__}."
-        )
+    validate_callables(f)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(
             f"`steps` must be an int >= 1, got {steps!r}. A burn-in of 20-200 steps "
