@@ -58,7 +58,7 @@ EVAL_CHUNKS_PER_CALL = 16
 KINK_STEP_FRACTIONS = (1e-1, 1e-2, 1e-3)
 
 #: Larger steps tried, as multiples of ``h``, for untestable coordinates.
-RETRY_STEP_FACTORS = (1e2, 1e4)
+RETRY_STEP_FACTORS = (1e1, 1e2, 1e3, 1e4)
 
 #: At most this many questioned coordinates per leaf have their noise
 #: measured; the others use the median of those.
@@ -844,8 +844,11 @@ class _Leaf:
 
     def retry_larger(self, U: np.ndarray) -> None:
         """Retries untestable coordinates with larger steps: the 4-point stencil
-        at ``100 h``, then, for those still unresolved, at ``10**4 h`` (at most
-        a tenth of ``max(1, |x_i|)``)."""
+        at ``10 h``, then, for those still unresolved, at ``100 h``, ``1000 h``
+        and ``10**4 h`` (at most a tenth of ``max(1, |x_i|)``). The ladder is
+        dense because a small gradient whose curvature is large (a sum over a
+        batch that nearly cancels) is resolved only between round-off, which
+        falls with the step, and truncation, which grows with it."""
         cfg, h = self.cfg, self.h
         rtol, nf = cfg.bar.rtol, cfg.bar.noise_factor
         cap = 0.1 * np.maximum(1.0, np.abs(self.x_host[U]))
