@@ -18,8 +18,14 @@ The engine runs on whatever device JAX has. With several local devices (GPUs,
 or CPU devices forced with ``--xla_force_host_platform_device_count``), every
 chunk is split along its coordinates over all of them (a ``jax.sharding`` mesh
 over the coordinate axis; the leaf, the other parameters and the arguments are
-replicated), so the user changes nothing. It does not enable float64 itself:
-:func:`jaxcheck.check_grads` calls it inside ``jax.enable_x64(True)``.
+replicated), so the user changes nothing. In a multi-process JAX cluster
+(started with :func:`jax.distributed.initialize`, every process running the
+same check, as JAX programs do), the rows of every evaluation are split over
+the processes, each evaluates its share on its own devices, and the results are
+exchanged bit for bit (:func:`jax.experimental.multihost_utils.process_allgather`),
+so every process goes on with the same numbers and makes the same decisions.
+It does not enable float64 itself: :func:`jaxcheck.check_grads` calls it
+inside ``jax.enable_x64(True)``.
 """
 
 from __future__ import annotations
@@ -77,6 +83,74 @@ def _place(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     if sharding is None or arrays[0].shape[1] % num_shards():
         return arrays
     return tuple(jax.device_put(a, sharding) for a in arrays)
+
+
+def num_processes() -> int:
+    """How many JAX processes share the rows of every evaluation (1 unless
+    :func:`jax.distributed.initialize` started a cluster).
+
+    Examples:
+      >>> num_processes()
+      1
+    """
+    return max(1, jax.process_count())
+
+
+def _gather_rows(parts: Sequence[np.ndarray | None], per: int, n: int) -> list:
+    """Every process's ``parts`` (arrays of ``per`` rows each, the same shapes in
+    every process), concatenated in process order and cut to ``n`` rows. Arrays
+    travel as raw bytes (``uint8``), so float64 values arrive bit for bit
+    whether or not float64 is enabled where this runs."""
+    from jax.experimental import multihost_utils
+
+    present = [p for p in parts if p is not None]
+    raw = [np.ascontiguousarray(p).reshape(per, -1).view(np.uint8) for p in present]
+    widths = [r.shape[1] for r in raw]
+    packed = np.concatenate(raw, axis=1) if raw else np.zeros((per, 0), np.uint8)
+    everyone = np.asarray(multihost_utils.process_allgather(packed))
+    everyone = everyone.reshape(-1, packed.shape[1])[:n]
+    out, col, k = [], 0, 0
+    for p in parts:
+        if p is None:
+            out.append(None)
+            continue
+        w = widths[k]
+        block = np.ascontiguousarray(everyone[:, col : col + w])
+        out.append(block.view(p.dtype).reshape((n,) + p.shape[1:]))
+        col, k = col + w, k + 1
+    return out
+
+
+def _split_over_processes(
+    n: int,
+    pad_rows: Callable[[np.ndarray], Any],
+    run: Callable[[Any, Callable[[int], None] | None], tuple],
+    on_progress: Callable[[int], None] | None,
+) -> tuple | None:
+    """Runs ``run`` on this process's share of ``n`` rows and gathers everyone's
+    results; ``None`` with a single process (the caller runs all rows itself).
+
+    Every process takes the same number of rows (the last share is padded with
+    row 0, whose results are dropped), so all of them compile the same shapes
+    and take part in the same exchanges."""
+    procs = num_processes()
+    if procs == 1:
+        return None
+    per = -(-n // procs)
+    me = jax.process_index()
+    rows = np.arange(me * per, (me + 1) * per)
+    rows = np.where(rows < n, rows, 0)
+    done = [0]
+
+    def progress(k: int) -> None:
+        # Shares advance together: report this share's pace for all of them.
+        new = min(n, (done[0] + k) * procs)
+        if on_progress is not None and new > min(n, done[0] * procs):
+            on_progress(new - min(n, done[0] * procs))
+        done[0] += k
+
+    local = run(pad_rows(rows), progress)
+    return tuple(_gather_rows(local, per, n))
 
 
 def _hash_or_id(x: Any) -> int:
@@ -408,6 +482,7 @@ def central_differences(
     on_progress: Callable[[int], None] | None = None,
     chunks_per_call: int | None = None,
     block: Callable[..., Any] | None = None,
+    _local: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``f(x + h e_i)`` and ``f(x - h e_i)`` for every flat index ``i`` in ``indices``.
 
@@ -446,6 +521,27 @@ def central_differences(
     if n == 0:
         return np.zeros(0), np.zeros(0)
     steps_arr = np.broadcast_to(np.asarray(step, dtype=np.float64), (n,))
+    if not _local:
+        shared = _split_over_processes(
+            n,
+            lambda rows: (np.asarray(indices)[rows], steps_arr[rows]),
+            lambda part, progress: central_differences(
+                fn,
+                x_flat,
+                part[0],
+                part[1],
+                dyn_params,
+                dyn_args,
+                chunk_size=chunk_size,
+                on_progress=progress,
+                chunks_per_call=chunks_per_call,
+                block=block,
+                _local=True,
+            ),  # fmt: skip
+            on_progress,
+        )
+        if shared is not None:
+            return shared[0], shared[1]
     # With a fixed call shape the chunk stays as given (one compilation).
     chunk = max(1, int(chunk_size) if chunks_per_call else min(int(chunk_size), n))
     num_chunks = -(-n // chunk)
@@ -547,6 +643,7 @@ def evaluate(
     chunks_per_call: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     evaluator: Callable[..., Any] | None = None,
+    _local: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``f(x + deltas[r, k] e_i)`` for every row ``r`` (``i = indices[r]``) and
     offset ``k``: the general form of :func:`central_differences`.
@@ -602,6 +699,27 @@ def evaluate(
     num_offsets = deltas.shape[1]
     if n == 0:
         return np.zeros((0, num_offsets)), None, None
+    if not _local:
+        shared = _split_over_processes(
+            n,
+            lambda rows: (indices[rows], deltas[rows]),
+            lambda part, progress: evaluate(
+                fn,
+                x_flat,
+                part[0],
+                part[1],
+                dyn_params,
+                dyn_args,
+                chunk_size=chunk_size,
+                chunks_per_call=chunks_per_call,
+                on_progress=progress,
+                evaluator=evaluator,
+                _local=True,
+            ),  # fmt: skip
+            on_progress,
+        )
+        if shared is not None:
+            return shared
     chunk = max(1, int(chunk_size) if chunks_per_call else min(int(chunk_size), n))
     num_chunks = -(-n // chunk)
     per_call = chunks_per_call or min(CHUNKS_PER_CALL, num_chunks)
