@@ -365,7 +365,7 @@ class _Leaf:
     ):
         self.point, self.info, self.cfg = point, info, cfg
         self.indices = indices
-        self.n = len(indices)
+        self.n = self.num_selected = len(indices)
         self.f0 = f0
         self.x_flat = point.x_flat(info)
         self.x_host = np.asarray(self.x_flat)[indices]
@@ -435,6 +435,19 @@ class _Leaf:
         )  # fmt: skip
         return np.stack([fp, fm], axis=1), None, None
 
+    def keep_finished(self, rows_done: int, num_mults: int) -> np.ndarray:
+        """After Ctrl-C in the main pass: keeps the coordinates whose rows all
+        finished (rows are ordered multiplier by multiplier) and returns those
+        rows; re-raises when none did."""
+        n = self.n
+        j = min(n, max(0, rows_done - (num_mults - 1) * n))
+        if j == 0:
+            raise KeyboardInterrupt
+        self.indices, self.n = self.indices[:j], j
+        self.x_host, self.a = self.x_host[:j], self.a[:j]
+        self.changed, self.sigma = self.changed[:j], self.sigma[:j]
+        return np.concatenate([np.arange(m * n, m * n + j) for m in range(num_mults)])
+
     def slow_shape(self, num_rows: int) -> int | None:
         """Chunks per call for a follow-up evaluation: the smallest shape the
         main pass compiled that holds ``num_rows`` (no new compilation)."""
@@ -488,12 +501,17 @@ class _Leaf:
             idx = np.tile(self.indices, len(mults))
             d = np.repeat(np.asarray(mults, float) * h, n)
             self.main_shapes = engine.call_shapes(len(idx), self.chunk)
-            fp, fm = engine.central_differences(
-                self.fn, self.x_flat, idx, d if len(mults) > 1 else h,
-                self.point.dyn_params, self.point.dyn_args, chunk_size=self.chunk,
-                on_progress=None if on_progress is None or len(mults) > 1
-                else on_progress, block=self.block,
-            )  # fmt: skip
+            try:
+                fp, fm = engine.central_differences(
+                    self.fn, self.x_flat, idx, d if len(mults) > 1 else h,
+                    self.point.dyn_params, self.point.dyn_args, chunk_size=self.chunk,
+                    on_progress=None if on_progress is None or len(mults) > 1
+                    else on_progress, block=self.block,
+                )  # fmt: skip
+            except engine.Interrupted as stop:
+                rows = self.keep_finished(len(stop.done[0]), len(mults))
+                fp, fm = stop.done[0][rows], stop.done[1][rows]
+                n = self.n
             if on_progress is not None and len(mults) > 1:
                 on_progress(n)
             f_plus = fp.reshape(len(mults), n).T
@@ -506,7 +524,17 @@ class _Leaf:
             d = np.concatenate(
                 [np.repeat(np.asarray(mults, float) * h, n), np.zeros(center_rows)]
             )
-            vals, words, counts = self.rows(idx, np.stack([d, -d], axis=1))
+            try:
+                vals, words, counts = self.rows(idx, np.stack([d, -d], axis=1))
+            except engine.Interrupted as stop:
+                rows = self.keep_finished(len(stop.done[0]), len(mults))
+                n = self.n
+                # The point itself (the last row) was not reached: one more row.
+                center = self.rows(self.indices[:1], np.zeros((1, 2)))
+                vals, words, counts = (
+                    None if part is None else np.concatenate([part[rows], c])
+                    for part, c in zip(stop.done, center, strict=True)
+                )
             if on_progress is not None:
                 on_progress(n)
             main = vals[: n * len(mults)]
@@ -974,6 +1002,7 @@ class _Leaf:
             propagation=self.propagation,
             noise=float(self.noise_median),
             num_kink_crossed=int((self.kink_label != "").sum()),
+            num_selected=self.num_selected,
         )
 
 
@@ -1377,6 +1406,10 @@ def _check(
                     if not math.isfinite(noise_floor)
                     else max(noise_floor, report.noise)
                 )
+            if report.interrupted:
+                # Ctrl-C inside this leaf: its finished coordinates are judged.
+                interrupted = tuple(i.path for i in point.checked[k:])
+                break
     finally:
         if bar_ui is not None:
             bar_ui.close()
@@ -1398,10 +1431,21 @@ def _check(
         )
     notes.extend(_summary_notes(leaf_reports, total, cfg, f0))
     if interrupted:
+        partial = [r for r in leaf_reports if r.interrupted]
+        cut = (
+            f"{partial[0].path} was stopped after {partial[0].num_checked:,} of its "
+            f"{partial[0].num_selected:,} coordinates (those are judged above); "
+            if partial
+            else ""
+        )
+        rest = [p for p in interrupted if not partial or p != partial[0].path]
+        unchecked = (
+            "the leaves " + ", ".join(rest) + " were not checked; " if rest else ""
+        )
         notes.insert(
             0,
-            "interrupted (Ctrl-C): the leaves " + ", ".join(interrupted) + " were not "
-            "checked; the report covers only the leaves above and does not pass.",
+            f"interrupted (Ctrl-C): {cut}{unchecked}the report covers only what was "
+            "checked and does not pass.",
         )
     return GradCheckReport(
         leaves=tuple(leaf_reports),

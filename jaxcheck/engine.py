@@ -85,6 +85,28 @@ def _place(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(jax.device_put(a, sharding) for a in arrays)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an evaluation, with the results of the rows finished before
+    it: ``done`` is what the evaluation returns, cut to the first finished rows
+    (in order), so a caller can keep them.
+
+    Examples:
+      >>> stop = Interrupted((np.zeros(3), np.zeros(3)))
+      >>> isinstance(stop, KeyboardInterrupt), len(stop.done[0])
+      (True, 3)
+    """
+
+    def __init__(self, done: tuple):
+        super().__init__(f"interrupted after {len(done[0])} rows")
+        self.done = done
+
+
+def _cut(parts: list, rows: int) -> np.ndarray | None:
+    if not parts:
+        return None
+    return np.concatenate(parts)[:rows]
+
+
 def num_processes() -> int:
     """How many JAX processes share the rows of every evaluation (1 unless
     :func:`jax.distributed.initialize` started a cluster).
@@ -149,7 +171,11 @@ def _split_over_processes(
             on_progress(new - min(n, done[0] * procs))
         done[0] += k
 
-    local = run(pad_rows(rows), progress)
+    try:
+        local = run(pad_rows(rows), progress)
+    except Interrupted:
+        # One process's finished rows are not a prefix of all rows.
+        raise KeyboardInterrupt from None
     return tuple(_gather_rows(local, per, n))
 
 
@@ -548,29 +574,40 @@ def central_differences(
     per_call = chunks_per_call or min(CHUNKS_PER_CALL, num_chunks)
     int_dtype = np.int32 if x_flat.size < 2**31 else np.int64
     plus_parts, minus_parts = [], []
-    start_chunk = 0
-    while start_chunk < num_chunks:
-        nblk = per_call if chunks_per_call else min(per_call, num_chunks - start_chunk)
-        lo = start_chunk * chunk
-        hi = min(n, (start_chunk + nblk) * chunk)
-        block_idx = np.zeros(nblk * chunk, dtype=int_dtype)
-        block_idx[: hi - lo] = indices[lo:hi]
-        block_idx[hi - lo :] = indices[lo]  # pad with a valid index; results dropped
-        hs = np.full(nblk * chunk, steps_arr[lo])
-        hs[: hi - lo] = steps_arr[lo:hi]
-        idx_arr, hs_arr = _place(
-            jnp.asarray(block_idx.reshape(nblk, chunk)),
-            jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype),
-        )
-        if block is None:
-            fp, fm = _block_jit(fn, x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
-        else:
-            fp, fm = block(x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
-        plus_parts.append(np.asarray(fp, dtype=np.float64).reshape(-1)[: hi - lo])
-        minus_parts.append(np.asarray(fm, dtype=np.float64).reshape(-1)[: hi - lo])
-        if on_progress is not None:
-            on_progress(hi - lo)
-        start_chunk += nblk
+    try:
+        start_chunk = 0
+        while start_chunk < num_chunks:
+            nblk = (
+                per_call if chunks_per_call else min(per_call, num_chunks - start_chunk)
+            )
+            lo = start_chunk * chunk
+            hi = min(n, (start_chunk + nblk) * chunk)
+            block_idx = np.zeros(nblk * chunk, dtype=int_dtype)
+            block_idx[: hi - lo] = indices[lo:hi]
+            block_idx[hi - lo :] = indices[
+                lo
+            ]  # pad with a valid index; results dropped
+            hs = np.full(nblk * chunk, steps_arr[lo])
+            hs[: hi - lo] = steps_arr[lo:hi]
+            idx_arr, hs_arr = _place(
+                jnp.asarray(block_idx.reshape(nblk, chunk)),
+                jnp.asarray(hs.reshape(nblk, chunk), dtype=x_flat.dtype),
+            )
+            if block is None:
+                fp, fm = _block_jit(fn, x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
+            else:
+                fp, fm = block(x_flat, idx_arr, hs_arr, dyn_params, dyn_args)
+            plus_parts.append(np.asarray(fp, dtype=np.float64).reshape(-1)[: hi - lo])
+            minus_parts.append(np.asarray(fm, dtype=np.float64).reshape(-1)[: hi - lo])
+            if on_progress is not None:
+                on_progress(hi - lo)
+            start_chunk += nblk
+    except KeyboardInterrupt:
+        rows = min(sum(map(len, plus_parts)), sum(map(len, minus_parts)))
+        done = [_cut(plus_parts, rows), _cut(minus_parts, rows)]
+        raise Interrupted(
+            tuple(np.zeros(0) if d is None else d for d in done)
+        ) from None
     return np.concatenate(plus_parts), np.concatenate(minus_parts)
 
 
@@ -725,44 +762,58 @@ def evaluate(
     per_call = chunks_per_call or min(CHUNKS_PER_CALL, num_chunks)
     int_dtype = np.int32 if x_flat.size < 2**31 else np.int64
     val_parts, word_parts, count_parts = [], [], []
-    start = 0
-    rows_per_call = per_call * chunk
-    while start < n:
-        stop = min(n, start + rows_per_call)
-        idx = np.full(rows_per_call, indices[start], dtype=int_dtype)
-        idx[: stop - start] = indices[start:stop]
-        dlt = np.zeros((rows_per_call, num_offsets))
-        dlt[: stop - start] = deltas[start:stop]
-        idx_arr, dlt_arr = _place(
-            jnp.asarray(idx.reshape(per_call, chunk)),
-            jnp.asarray(dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype),
-        )
-        call_args = (x_flat, idx_arr, dlt_arr, dyn_params, dyn_args)
-        if evaluator is None:
-            out = _eval_block_jit(fn, *call_args)
-        else:
-            out = evaluator(*call_args)
-        if isinstance(out, tuple):
-            vals, words = out[0], out[1]
-            word_parts.append(
-                np.asarray(words).reshape(rows_per_call, num_offsets, -1)[
+    try:
+        start = 0
+        rows_per_call = per_call * chunk
+        while start < n:
+            stop = min(n, start + rows_per_call)
+            idx = np.full(rows_per_call, indices[start], dtype=int_dtype)
+            idx[: stop - start] = indices[start:stop]
+            dlt = np.zeros((rows_per_call, num_offsets))
+            dlt[: stop - start] = deltas[start:stop]
+            idx_arr, dlt_arr = _place(
+                jnp.asarray(idx.reshape(per_call, chunk)),
+                jnp.asarray(
+                    dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype
+                ),
+            )
+            call_args = (x_flat, idx_arr, dlt_arr, dyn_params, dyn_args)
+            if evaluator is None:
+                out = _eval_block_jit(fn, *call_args)
+            else:
+                out = evaluator(*call_args)
+            if isinstance(out, tuple):
+                vals, words = out[0], out[1]
+                word_parts.append(
+                    np.asarray(words).reshape(rows_per_call, num_offsets, -1)[
+                        : stop - start
+                    ]
+                )
+                if len(out) > 2:
+                    count_parts.append(
+                        np.asarray(out[2]).reshape(rows_per_call, -1)[: stop - start]
+                    )
+            else:
+                vals = out
+            val_parts.append(
+                np.asarray(vals, dtype=np.float64).reshape(rows_per_call, num_offsets)[
                     : stop - start
                 ]
             )
-            if len(out) > 2:
-                count_parts.append(
-                    np.asarray(out[2]).reshape(rows_per_call, -1)[: stop - start]
-                )
-        else:
-            vals = out
-        val_parts.append(
-            np.asarray(vals, dtype=np.float64).reshape(rows_per_call, num_offsets)[
-                : stop - start
-            ]
-        )
-        if on_progress is not None:
-            on_progress(stop - start)
-        start = stop
+            if on_progress is not None:
+                on_progress(stop - start)
+            start = stop
+    except KeyboardInterrupt:
+        # Words and counts of a call are kept before its values.
+        rows = sum(map(len, val_parts))
+        for parts in (word_parts, count_parts):
+            if parts:
+                rows = min(rows, sum(map(len, parts)))
+        values = _cut(val_parts, rows)
+        raise Interrupted(
+            (np.zeros((0, num_offsets)) if values is None else values,
+             _cut(word_parts, rows), _cut(count_parts, rows))
+        ) from None  # fmt: skip
     values = np.concatenate(val_parts)
     words_all = np.concatenate(word_parts) if word_parts else None
     counts_all = np.concatenate(count_parts) if count_parts else None

@@ -161,6 +161,9 @@ class LeafReport:
       propagation: the propagation plan, or why it was not used.
       noise: the median measured round-off noise (standard deviation) of ``f``
         along this leaf's questioned coordinates; NaN when not measured.
+      num_selected: how many coordinates were selected for the check; more than
+        ``num_checked`` when Ctrl-C interrupted this leaf (then only the
+        coordinates finished before it were judged).
     """
 
     path: str
@@ -186,6 +189,12 @@ class LeafReport:
     num_kink_crossed: int = 0
     propagated: bool = False
     propagation: str = ""
+    num_selected: int = 0
+
+    @property
+    def interrupted(self) -> bool:
+        """True when Ctrl-C stopped this leaf before all selected coordinates."""
+        return self.num_selected > self.num_checked
 
     @property
     def size(self) -> int:
@@ -200,6 +209,8 @@ class LeafReport:
     def verdict(self) -> str:
         if self.num_wrong:
             return "FAIL"
+        if self.interrupted:
+            return "INTERRUPTED"
         if self.num_untestable == self.num_checked:
             return "UNTESTABLE"
         return "ok"
@@ -210,6 +221,7 @@ class LeafReport:
         d["worst"] = [c.to_dict() for c in self.worst]
         d["kinks"] = [c.to_dict() for c in self.kinks]
         d["passed"] = self.passed
+        d["interrupted"] = self.interrupted
         return d
 
 
@@ -243,8 +255,10 @@ class GradCheckReport:
       strict: whether untestable coordinates fail the check.
       depth: the longest chain of matrix products / convolutions in ``f``.
       step_rule: ``"fixed"`` or ``"auto"`` (chosen per leaf).
-      interrupted: the leaves not checked because the check was interrupted
-        (Ctrl-C); empty for a complete check.
+      interrupted: the leaves not checked, or not finished, because the check
+        was interrupted (Ctrl-C); empty for a complete check. A leaf stopped
+        midway is listed here and also in ``leaves``, with the coordinates it
+        finished (its ``LeafReport.interrupted`` is True).
     """
 
     leaves: tuple[LeafReport, ...]
@@ -355,7 +369,7 @@ class GradCheckReport:
             f"jaxcheck: gradient check {status}: {_count(len(self.leaves), 'leaf')}, "
             f"{_count(self.num_checked, 'coordinate')}"
         )
-        if not self.passed:
+        if not self.passed and status != "INTERRUPTED":
             text += (
                 f", {self.num_wrong:,} wrong in {_count(len(self.failures), 'leaf')}"
             )

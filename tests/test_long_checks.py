@@ -6,11 +6,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import pytest
 
 import jaxcheck
-from jaxcheck import check, examples
+from jaxcheck import check, engine, examples
 
 SCRIPT = textwrap.dedent(
     """
@@ -95,3 +96,90 @@ def test_progress_bar_counts_coordinates(capsys):
     assert report.passed
     err = capsys.readouterr().err
     assert "jaxcheck" in err and "40/40" in err and "coord" in err
+
+
+def _interrupt_call(monkeypatch, name: str, at_call: int) -> list:
+    """Makes the engine's compiled call ``name`` raise Ctrl-C on call ``at_call``."""
+    real = getattr(engine, name)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, name, interrupted)
+    return calls
+
+
+def _bad_scale(w):
+    return jnp.sum(jnp.sin(w))
+
+
+def _bad_scale_grad(w):  # planted bug: the last 100 entries are 1% off
+    g = jnp.cos(w)
+    return g.at[-100:].multiply(1.01)
+
+
+def test_ctrl_c_inside_a_leaf_keeps_its_finished_coordinates(monkeypatch):
+    w = jnp.linspace(-1.0, 1.0, 2000)
+    # chunk 8 x 64 chunks per call: calls of 512 coordinates; stop in the third.
+    calls = _interrupt_call(monkeypatch, "_block_jit", at_call=3)
+    report = jaxcheck.check_grads(
+        _bad_scale, w, chunk_size=8, propagate=False, grad_fn=lambda w: jnp.cos(w)
+    )
+    assert len(calls) == 3
+    (leaf,) = report.leaves
+    assert (leaf.num_checked, leaf.num_selected) == (1024, 2000)
+    assert leaf.interrupted and leaf.verdict == "INTERRUPTED"
+    assert leaf.num_ok == 1024 and leaf.num_wrong == 0
+    assert report.interrupted == (leaf.path,)
+    assert not report.passed
+    assert "stopped after 1,024 of its 2,000 coordinates" in str(report)
+    assert report.to_dict()["leaves"][0]["interrupted"] is True
+
+
+def test_ctrl_c_inside_a_leaf_still_reports_the_bugs_it_reached(monkeypatch):
+    w = jnp.linspace(-1.0, 1.0, 2000)
+    _interrupt_call(monkeypatch, "_block_jit", at_call=4)  # 1536 finished
+    bad = jaxcheck.check_grads(
+        _bad_scale, w, chunk_size=8, propagate=False, grad_fn=_bad_scale_grad
+    )
+    (leaf,) = bad.leaves
+    assert leaf.num_checked == 1536 and leaf.num_wrong == 0  # bug not reached
+    monkeypatch.undo()
+    flipped = lambda w: _bad_scale_grad(w[::-1])[::-1]  # noqa: E731 - bug at the front
+    _interrupt_call(monkeypatch, "_block_jit", at_call=2)  # 512 finished
+    report = jaxcheck.check_grads(
+        _bad_scale, w, chunk_size=8, propagate=False, grad_fn=flipped, max_worst=200
+    )
+    (leaf,) = report.leaves
+    assert leaf.num_checked == 512 and leaf.num_wrong == 100
+    assert leaf.verdict == "FAIL" and not report.passed
+    assert {c.index for c in leaf.worst if c.verdict == "wrong"} == {
+        (i,) for i in range(100)
+    }
+
+
+def test_ctrl_c_inside_a_tracked_leaf_keeps_its_finished_coordinates(monkeypatch):
+    w = jnp.linspace(-1.0, 1.0, 2000) + 1e-3  # no entry exactly at the kink
+
+    def f(w):
+        return jnp.sum(jax.nn.relu(w) ** 2 + jnp.sin(w))
+
+    # Tracked leaves go through engine.evaluate: 16 chunks of 8 per call.
+    calls = _interrupt_call(monkeypatch, "_eval_block_jit", at_call=5)
+    report = jaxcheck.check_grads(f, w, chunk_size=8, propagate=False)
+    assert len(calls) >= 5
+    (leaf,) = report.leaves
+    assert leaf.tracked
+    assert (leaf.num_checked, leaf.num_selected) == (512, 2000)
+    assert leaf.num_ok + leaf.num_kink == 512 and leaf.num_wrong == 0
+    assert not report.passed and report.interrupted
+
+
+def test_ctrl_c_before_the_first_call_of_the_first_leaf_propagates(monkeypatch):
+    _interrupt_call(monkeypatch, "_block_jit", at_call=1)
+    with pytest.raises(KeyboardInterrupt):
+        jaxcheck.check_grads(_bad_scale, jnp.ones(100), chunk_size=8, propagate=False)
