@@ -15,6 +15,7 @@ from .check import check_grads as check_grads
 from .check import step_sweep as step_sweep
 from .compare import band_counts as band_counts
 from .compare import relative_error as relative_error
+from .compilation import use_compilation_cache as use_compilation_cache
 from .derivatives import BlockCheckReport as BlockCheckReport
 from .derivatives import DirectionsReport as DirectionsReport
 from .derivatives import ForwardModeUnsupportedError as ForwardModeUnsupportedError
@@ -111,4 +112,5 @@ __all__ = (
     "step_sweep",
     "take_datapoints",
     "track_winners",
+    "use_compilation_cache",
 )

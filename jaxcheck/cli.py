@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from . import examples
 from .check import check_grads
+from .compilation import default_cache_dir, use_compilation_cache
 from .report import GradCheckReport
 
 
@@ -159,8 +160,17 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+#: Set to 1 to keep the command from using the compilation cache.
+_NO_CACHE = "JAXCHECK_NO_CACHE"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcheck`` command.
+
+    The command owns its process, so it turns on the persistent compilation
+    cache (:func:`jaxcheck.use_compilation_cache`) unless ``--no-cache`` or
+    ``$JAXCHECK_NO_CACHE=1`` says not to: a second run loads the compiled
+    calls instead of compiling them.
 
     Examples:
       >>> main(["check", "jaxcheck.cli:demo_problem", "--coords", "3"])  # doctest: +ELLIPSIS
@@ -199,7 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     chk.add_argument("--rtol", type=float, default=None, help="relative-error bar")
     chk.add_argument("--seed", type=int, default=0, help="seed of coordinate sampling")
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
+    for command in (demo, chk):
+        command.add_argument(
+            "--cache-dir",
+            default=None,
+            help="keep compiled programs here, so a later run starts fast "
+            f"(default: {default_cache_dir()}; ${_NO_CACHE}=1 or --no-cache: off)",
+        )
+        command.add_argument(
+            "--no-cache", action="store_true", help="do not use the compilation cache"
+        )
     args = parser.parse_args(argv)
+    if not (args.no_cache or os.environ.get(_NO_CACHE, "") not in ("", "0")):
+        use_compilation_cache(args.cache_dir)
     if args.command == "demo":
         return _demo(args)
     return _check(args)

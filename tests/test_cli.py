@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -88,3 +89,36 @@ def test_check_options(user_modules, capsys):
     assert cli.main(["check", "bad_problem:problem", "--method", "four_point"]) == 1
     with pytest.raises(SystemExit):
         cli.main(["check", "good_problem:problem", "--step", "tiny"])
+
+
+def test_the_command_keeps_compiled_calls_for_the_next_run(user_modules, tmp_path):
+    cache = tmp_path / "xla-cache"
+    env = {k: v for k, v in os.environ.items() if k != "JAXCHECK_NO_CACHE"}
+    env["JAXCHECK_CACHE_DIR"] = str(cache)
+    cmd = [sys.executable, "-m", "jaxcheck.cli", "check", "good_problem:problem"]
+
+    def run():
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout, sorted(p.name for p in cache.iterdir())
+
+    first, entries = run()
+    assert "PASSED" in first and entries  # the compiled calls were written
+    second, entries_after = run()
+    # The second process found every program in the cache: nothing new written.
+    assert entries_after == entries
+    assert first.splitlines()[0] == second.splitlines()[0]
+
+    env["JAXCHECK_NO_CACHE"] = "1"
+    env["JAXCHECK_CACHE_DIR"] = str(tmp_path / "unused")
+    run_off = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert run_off.returncode == 0 and not (tmp_path / "unused").exists()
+
+
+def test_a_cache_path_that_is_a_file_is_refused(tmp_path):
+    from jaxcheck import use_compilation_cache
+
+    path = tmp_path / "a-file"
+    path.write_text("")
+    with pytest.raises(ValueError, match="is not a directory"):
+        use_compilation_cache(path)
