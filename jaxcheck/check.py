@@ -191,7 +191,12 @@ def _match_grads(
 def _progress_bar(total: int, progress: bool | None) -> Any:
     show = progress
     if show is None:
-        show = total >= PROGRESS_MIN_COORDS and sys.stderr.isatty()
+        # In a multi-process cluster every process runs the check: one bar.
+        show = (
+            total >= PROGRESS_MIN_COORDS
+            and sys.stderr.isatty()
+            and jax.process_index() == 0
+        )
     if not show:
         return None
     try:
