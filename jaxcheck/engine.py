@@ -30,6 +30,7 @@ inside ``jax.enable_x64(True)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -548,22 +549,16 @@ def central_differences(
         return np.zeros(0), np.zeros(0)
     steps_arr = np.broadcast_to(np.asarray(step, dtype=np.float64), (n,))
     if not _local:
+        local = functools.partial(
+            central_differences, fn, x_flat, chunk_size=chunk_size,
+            chunks_per_call=chunks_per_call, block=block, _local=True,
+        )  # fmt: skip
         shared = _split_over_processes(
             n,
             lambda rows: (np.asarray(indices)[rows], steps_arr[rows]),
-            lambda part, progress: central_differences(
-                fn,
-                x_flat,
-                part[0],
-                part[1],
-                dyn_params,
-                dyn_args,
-                chunk_size=chunk_size,
-                on_progress=progress,
-                chunks_per_call=chunks_per_call,
-                block=block,
-                _local=True,
-            ),  # fmt: skip
+            lambda part, progress: local(
+                *part, dyn_params, dyn_args, on_progress=progress
+            ),
             on_progress,
         )
         if shared is not None:
@@ -737,22 +732,16 @@ def evaluate(
     if n == 0:
         return np.zeros((0, num_offsets)), None, None
     if not _local:
+        local = functools.partial(
+            evaluate, fn, x_flat, chunk_size=chunk_size,
+            chunks_per_call=chunks_per_call, evaluator=evaluator, _local=True,
+        )  # fmt: skip
         shared = _split_over_processes(
             n,
             lambda rows: (indices[rows], deltas[rows]),
-            lambda part, progress: evaluate(
-                fn,
-                x_flat,
-                part[0],
-                part[1],
-                dyn_params,
-                dyn_args,
-                chunk_size=chunk_size,
-                chunks_per_call=chunks_per_call,
-                on_progress=progress,
-                evaluator=evaluator,
-                _local=True,
-            ),  # fmt: skip
+            lambda part, progress: local(
+                *part, dyn_params, dyn_args, on_progress=progress
+            ),
             on_progress,
         )
         if shared is not None:
