@@ -598,7 +598,7 @@ def run_problem(name: str, args_ns: argparse.Namespace) -> str:
         t_est = tg["estimated"]
         print(f"    {'~' if t_est else ''}{tg['best']:.2f} s", flush=True)
         torch_row = [
-            f"torch.autograd.gradcheck (fast_mode=False, {tg['threads']} threads)",
+            f"torch.autograd.gradcheck (fast_mode=False, {tg['threads']} thread(s))",
             C.fmt_s(tg["first"]) if "first" in tg else "-",
             C.fmt_s(tg["best"], estimated=t_est),
             C.fmt_ratio(tg["best"], roof["best"], estimated=t_est),
