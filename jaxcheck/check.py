@@ -887,14 +887,24 @@ class _Leaf:
         cap = 0.1 * np.maximum(1.0, np.abs(self.x_host[U]))
         done = np.zeros(len(U), dtype=bool)
         last_h = np.full(len(U), h)
-        for factor in RETRY_STEP_FACTORS:
-            big_all = np.minimum(h * factor, cap)
-            sel = np.flatnonzero(~done & (big_all > last_h))
-            if not len(sel):
+        # Every rung of the ladder in one call (these calls are padded to the
+        # main pass's shape, so one call costs what several small ones would),
+        # then judged rung by rung: the first that decides a coordinate counts.
+        bigs = np.minimum(h * np.asarray(RETRY_STEP_FACTORS)[:, None], cap[None, :])
+        rungs = bigs > np.concatenate([np.full((1, len(U)), h), bigs[:-1]])
+        rung_of, pos_of = np.nonzero(rungs)
+        pair_big = bigs[rung_of, pos_of]
+        P, M, WP, WM, _ = self.symmetric(U[pos_of], np.stack([pair_big, 2 * pair_big]))
+        for r in range(len(RETRY_STEP_FACTORS)):
+            pairs = np.flatnonzero((rung_of == r) & ~done[pos_of])
+            if not len(pairs):
                 continue
-            g, big = U[sel], big_all[sel]
+            sel = pos_of[pairs]
+            g, big = U[sel], pair_big[pairs]
             last_h[sel] = big
-            p, m, wp, wm, _ = self.symmetric(g, np.stack([big, 2 * big]))
+            p, m = P[pairs], M[pairs]
+            wp = None if WP is None else WP[pairs]
+            wm = None if WM is None else WM[pairs]
             d = np.stack([big, 2 * big], 1)
             op, om = self.offs(g, d), self.offs(g, -d)
             num, weight = steps.estimate("four_point", self.f_center, p, m, op, om)
