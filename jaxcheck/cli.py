@@ -15,7 +15,12 @@ import jax.numpy as jnp
 
 from . import examples
 from .check import check_grads
-from .compilation import default_cache_dir, use_compilation_cache
+from .compilation import (
+    ENV_VAR,
+    _prepare_cache_dir,
+    default_cache_dir,
+    use_compilation_cache,
+)
 from .report import GradCheckReport
 
 
@@ -164,6 +169,49 @@ def _check(args: argparse.Namespace) -> int:
 _NO_CACHE = "JAXCHECK_NO_CACHE"
 
 
+def _turn_on_cache(args: argparse.Namespace, command: argparse.ArgumentParser) -> None:
+    """Turns the compilation cache on in ``args.cache_dir`` or the default one.
+
+    An unusable directory that was asked for (``--cache-dir``,
+    ``$JAXCHECK_CACHE_DIR``) is a usage error of ``command`` (exit status 2); an
+    unusable default leaves the cache off, with one line on stderr.
+    """
+    if args.cache_dir is not None:
+        source = "--cache-dir"
+    elif os.environ.get(ENV_VAR):
+        source = f"${ENV_VAR}"
+    else:
+        source = None
+    if args.cache_dir == "":
+        command.error(
+            "--cache-dir: expected a directory, got an empty string. Pass a "
+            "directory, or --no-cache to run without the cache."
+        )
+    where = os.path.abspath(
+        default_cache_dir() if args.cache_dir is None else args.cache_dir
+    )
+    problem = _prepare_cache_dir(where)
+    if problem is None:
+        try:
+            use_compilation_cache(where)
+            return
+        except ValueError as err:  # e.g. main() called again in one process
+            problem = str(err)
+    if source is not None:
+        command.error(
+            f"{source}: cannot keep the compilation cache in {where}: {problem}. "
+            "Pass a writable directory (it is created if missing), or --no-cache "
+            "to run without the cache."
+        )
+    print(
+        "jaxcheck: compilation cache off for this run: the default directory "
+        f"{where} cannot be used ({problem}). Choose another with --cache-dir DIR "
+        f"or ${ENV_VAR}=DIR, or turn the cache off with --no-cache or "
+        f"${_NO_CACHE}=1.",
+        file=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcheck`` command.
 
@@ -172,8 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``$JAXCHECK_NO_CACHE=1`` says not to: a second run loads the compiled
     calls instead of compiling them.
 
+    When the default cache directory cannot be used (a read-only home, say),
+    the command says so in one line on stderr and runs without the cache; a
+    directory asked for with ``--cache-dir`` or ``$JAXCHECK_CACHE_DIR`` that
+    cannot be used is a usage error (exit status 2).
+
     Examples:
-      >>> main(["check", "jaxcheck.cli:demo_problem", "--coords", "3"])  # doctest: +ELLIPSIS
+      >>> main(["check", "jaxcheck.cli:demo_problem", "--coords", "3", "--no-cache"])
+      ... # doctest: +ELLIPSIS
       jaxcheck: gradient check PASSED...
       0
     """
@@ -221,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     args = parser.parse_args(argv)
     if not (args.no_cache or os.environ.get(_NO_CACHE, "") not in ("", "0")):
-        use_compilation_cache(args.cache_dir)
+        _turn_on_cache(args, {"demo": demo, "check": chk}[args.command])
     if args.command == "demo":
         return _demo(args)
     return _check(args)

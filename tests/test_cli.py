@@ -122,3 +122,88 @@ def test_a_cache_path_that_is_a_file_is_refused(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match="is not a directory"):
         use_compilation_cache(path)
+
+
+def _cache_env(tmp_path, **extra):
+    """The environment of a command that may use the cache, with an unusable
+    default directory (``$XDG_CACHE_HOME`` is a file)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("JAXCHECK_NO_CACHE", "JAXCHECK_CACHE_DIR")
+    }
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    env["XDG_CACHE_HOME"] = str(blocker)
+    env.update(extra)
+    return env
+
+
+def _run_check(tmp_path, env, *options):
+    cmd = [sys.executable, "-m", "jaxcheck.cli", "check", "good_problem:problem"]
+    return subprocess.run(
+        [*cmd, *options], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+
+
+def test_an_unusable_default_cache_dir_turns_the_cache_off_with_one_line(
+    user_modules, tmp_path
+):
+    out = _run_check(tmp_path, _cache_env(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gradient check PASSED" in out.stdout
+    assert "Traceback" not in out.stderr
+    ours = [line for line in out.stderr.splitlines() if line.startswith("jaxcheck:")]
+    assert len(ours) == 1, out.stderr
+    default = os.path.join(str(tmp_path / "not-a-dir"), "jaxcheck", "xla")
+    assert ours[0].startswith("jaxcheck: compilation cache off for this run:")
+    assert f"the default directory {default} cannot be used" in ours[0]
+    assert "--cache-dir DIR" in ours[0] and "--no-cache" in ours[0]
+
+
+def test_a_usable_cache_dir_option_wins_over_an_unusable_default(
+    user_modules, tmp_path
+):
+    cache = tmp_path / "chosen"
+    out = _run_check(tmp_path, _cache_env(tmp_path), "--cache-dir", str(cache))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compilation cache off" not in out.stderr
+    assert any(cache.iterdir())  # the compiled calls were written there
+
+
+@pytest.mark.parametrize("how", ["option", "option, below a file", "env var"])
+def test_an_unusable_chosen_cache_dir_is_a_usage_error(user_modules, tmp_path, how):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if how == "env var":
+        where, source = blocker, "$JAXCHECK_CACHE_DIR"
+        out = _run_check(tmp_path, _cache_env(tmp_path, JAXCHECK_CACHE_DIR=str(where)))
+    else:
+        where = blocker if how == "option" else blocker / "xla"
+        source = "--cache-dir"
+        out = _run_check(tmp_path, _cache_env(tmp_path), "--cache-dir", str(where))
+    assert out.returncode == 2
+    assert out.stdout == ""  # nothing was checked
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("usage: jaxcheck check")
+    reason = (
+        "it exists and is not a directory"
+        if where == blocker
+        else "it cannot be created"
+    )
+    assert (
+        f"jaxcheck check: error: {source}: cannot keep the compilation cache in "
+        f"{where}: {reason}" in out.stderr
+    )
+    assert "--no-cache" in out.stderr
+
+
+def test_an_empty_cache_dir_option_is_a_usage_error(monkeypatch, capsys):
+    # Refused before any JAX option changes, so it can run in this process.
+    monkeypatch.delenv("JAXCHECK_NO_CACHE")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--no-training", "--cache-dir", ""])
+    assert exit_info.value.code == 2
+    assert "--cache-dir: expected a directory, got an empty string" in (
+        capsys.readouterr().err
+    )
