@@ -32,6 +32,7 @@ from .derivatives import directions_for_risk as directions_for_risk
 from .derivatives import miss_probability as miss_probability
 from .derivatives import stack_points as stack_points
 from .engine import default_memory_budget as default_memory_budget
+from .engine import this_process_only as this_process_only
 from .kinks import KinkAnalysis as KinkAnalysis
 from .kinks import Site as Site
 from .kinks import inspect_kinks as inspect_kinks
@@ -111,6 +112,7 @@ __all__ = (
     "stack_points",
     "step_sweep",
     "take_datapoints",
+    "this_process_only",
     "track_winners",
     "use_compilation_cache",
 )

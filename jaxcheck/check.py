@@ -26,6 +26,7 @@ import dataclasses
 import math
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -371,6 +372,7 @@ class _Leaf:
         self.point, self.info, self.cfg = point, info, cfg
         self.indices = indices
         self.n = self.num_selected = len(indices)
+        self.stopped = False  # Ctrl-C in the main pass
         self.f0 = f0
         self.x_flat = point.x_flat(info)
         self.x_host = np.asarray(self.x_flat)[indices]
@@ -412,7 +414,9 @@ class _Leaf:
                     self.fn, self.x_flat, point.dyn_params, point.dyn_args
                 )
             self.chunk = engine.choose_chunk_size(per, self.n, cfg.budget, cfg.platform)
-        self.per_call = min(EVAL_CHUNKS_PER_CALL, -(-(self.n + 1) // self.chunk))
+        # (In a cluster each process holds its share of the rows.)
+        rows = engine.rows_per_process(self.n + 1)
+        self.per_call = min(EVAL_CHUNKS_PER_CALL, -(-rows // self.chunk))
         self.main_shapes: tuple[int, ...] = ()
         self.w0: np.ndarray | None = None
         self.changed = np.zeros(self.n, dtype=np.int64)
@@ -448,6 +452,7 @@ class _Leaf:
         j = min(n, max(0, rows_done - (num_mults - 1) * n))
         if j == 0:
             raise KeyboardInterrupt
+        self.stopped = True
         self.indices, self.n = self.indices[:j], j
         self.x_host, self.a = self.x_host[:j], self.a[:j]
         self.changed, self.sigma = self.changed[:j], self.sigma[:j]
@@ -458,7 +463,7 @@ class _Leaf:
         main pass compiled that holds ``num_rows`` (no new compilation)."""
         if not self.main_shapes:
             return None
-        need = -(-num_rows // self.chunk)
+        need = -(-engine.rows_per_process(num_rows) // self.chunk)
         fits = [s for s in self.main_shapes if s >= need]
         return min(fits) if fits else max(self.main_shapes)
 
@@ -505,7 +510,9 @@ class _Leaf:
         if not self.tracked:
             idx = np.tile(self.indices, len(mults))
             d = np.repeat(np.asarray(mults, float) * h, n)
-            self.main_shapes = engine.call_shapes(len(idx), self.chunk)
+            self.main_shapes = engine.call_shapes(
+                engine.rows_per_process(len(idx)), self.chunk
+            )
             try:
                 fp, fm = engine.central_differences(
                     self.fn, self.x_flat, idx, d if len(mults) > 1 else h,
@@ -623,7 +630,9 @@ class _Leaf:
         ) * np.ones((1, len(sample)))
         if not self.tracked:
             # The main pass's call shapes: the ladder compiles nothing new.
-            self.main_shapes = engine.call_shapes(self.n * len(mults), self.chunk)
+            self.main_shapes = engine.call_shapes(
+                engine.rows_per_process(self.n * len(mults)), self.chunk
+            )
         if self.tracked and self.w0 is None:
             _, words, _ = self.rows(self.indices[:1], np.zeros((1, 2)))
             self.w0 = words[0, 0]
@@ -882,67 +891,103 @@ class _Leaf:
         dense because a small gradient whose curvature is large (a sum over a
         batch that nearly cancels) is resolved only between round-off, which
         falls with the step, and truncation, which grows with it."""
-        cfg, h = self.cfg, self.h
-        rtol, nf = cfg.bar.rtol, cfg.bar.noise_factor
+        h = self.h
         cap = 0.1 * np.maximum(1.0, np.abs(self.x_host[U]))
         done = np.zeros(len(U), dtype=bool)
         last_h = np.full(len(U), h)
-        # Every rung of the ladder in one call (these calls are padded to the
-        # main pass's shape, so one call costs what several small ones would),
-        # then judged rung by rung: the first that decides a coordinate counts.
         bigs = np.minimum(h * np.asarray(RETRY_STEP_FACTORS)[:, None], cap[None, :])
         rungs = bigs > np.concatenate([np.full((1, len(U)), h), bigs[:-1]])
         rung_of, pos_of = np.nonzero(rungs)
         pair_big = bigs[rung_of, pos_of]
-        P, M, WP, WM, _ = self.symmetric(U[pos_of], np.stack([pair_big, 2 * pair_big]))
-        for r in range(len(RETRY_STEP_FACTORS)):
-            pairs = np.flatnonzero((rung_of == r) & ~done[pos_of])
-            if not len(pairs):
-                continue
-            sel = pos_of[pairs]
-            g, big = U[sel], pair_big[pairs]
-            last_h[sel] = big
-            p, m = P[pairs], M[pairs]
-            wp = None if WP is None else WP[pairs]
-            wm = None if WM is None else WM[pairs]
-            d = np.stack([big, 2 * big], 1)
-            op, om = self.offs(g, d), self.offs(g, -d)
-            num, weight = steps.estimate("four_point", self.f_center, p, m, op, om)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                d1 = (p[:, 0] - m[:, 0]) / (op[:, 0] - om[:, 0])
-                d2 = (p[:, 1] - m[:, 1]) / (op[:, 1] - om[:, 1])
-            trunc = np.abs(d1 - d2)
-            sc = np.maximum(np.maximum(np.abs(p), np.abs(m)).max(1), abs(self.f_center))
-            same = np.ones(len(g), dtype=bool)
-            if wp is not None:
-                same = (self.same_region(wp) & self.same_region(wm)).all(axis=1)
-            rel = compare.relative_error(self.a[g], num)
-            diff = np.abs(self.a[g] - num)
+        num_rungs = len(RETRY_STEP_FACTORS)
+        # Calls are padded to the main pass's shape: when every rung fits in one
+        # call, one call costs what a call per rung would; else rung by rung, for
+        # the coordinates still open.
+        capacity = self.chunk * max(self.main_shapes or (self.per_call,))
+        fits = engine.rows_per_process(2 * len(pair_big)) <= capacity
+        groups = [range(num_rungs)] if fits else [[r] for r in range(num_rungs)]
+        lad = types.SimpleNamespace(
+            rung_of=rung_of, pos_of=pos_of, big=pair_big, w_plus=None, w_minus=None,
+            plus=np.full((len(pair_big), 2), np.nan),
+            minus=np.full((len(pair_big), 2), np.nan),
+        )  # fmt: skip
+        for group in groups:
+            todo = np.flatnonzero(np.isin(rung_of, list(group)) & ~done[pos_of])
+            if len(todo):
+                big_t = pair_big[todo]
+                p, m, wp, wm, _ = self.symmetric(
+                    U[pos_of[todo]], np.stack([big_t, 2 * big_t])
+                )
+                lad.plus[todo], lad.minus[todo] = p, m
+                if wp is not None:
+                    if lad.w_plus is None:
+                        lad.w_plus = np.zeros((len(pair_big), *wp.shape[1:]), wp.dtype)
+                        lad.w_minus = np.zeros_like(lad.w_plus)
+                    lad.w_plus[todo], lad.w_minus[todo] = wp, wm
+            for r in group:
+                self.judge_rung(r, lad, U, done, last_h)
+        self.explain_unresolved(U, done, last_h)
 
-            plausible = same & (rel > rtol) & np.isfinite(num)
+    def judge_rung(
+        self, r: int, lad: Any, U: np.ndarray, done: np.ndarray, last_h: np.ndarray
+    ) -> None:
+        """Judges the coordinates still open at rung ``r`` of the retry ladder
+        (``lad``: the rung and position of every evaluated pair, its step, and
+        ``f`` at ``x ± step e_i`` and ``x ± 2 step e_i``, with the words)."""
+        cfg = self.cfg
+        rtol, nf = cfg.bar.rtol, cfg.bar.noise_factor
+        pairs = np.flatnonzero((lad.rung_of == r) & ~done[lad.pos_of])
+        if not len(pairs):
+            return
+        sel = lad.pos_of[pairs]
+        g, big = U[sel], lad.big[pairs]
+        last_h[sel] = big
+        p, m = lad.plus[pairs], lad.minus[pairs]
+        wp = None if lad.w_plus is None else lad.w_plus[pairs]
+        wm = None if lad.w_minus is None else lad.w_minus[pairs]
+        d = np.stack([big, 2 * big], 1)
+        op, om = self.offs(g, d), self.offs(g, -d)
+        num, weight = steps.estimate("four_point", self.f_center, p, m, op, om)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d1 = (p[:, 0] - m[:, 0]) / (op[:, 0] - om[:, 0])
+            d2 = (p[:, 1] - m[:, 1]) / (op[:, 1] - om[:, 1])
+        trunc = np.abs(d1 - d2)
+        sc = np.maximum(np.maximum(np.abs(p), np.abs(m)).max(1), abs(self.f_center))
+        same = np.ones(len(g), dtype=bool)
+        if wp is not None:
+            same = (self.same_region(wp) & self.same_region(wm)).all(axis=1)
+        rel = compare.relative_error(self.a[g], num)
+        diff = np.abs(self.a[g] - num)
+
+        plausible = same & (rel > rtol) & np.isfinite(num)
+        noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[g])
+        wrong = plausible & (diff > 2.0 * (noise + trunc))
+        if wrong.any() and not self.sigma_measured:
+            # A refutation must stand against the measured noise of f.
+            self.measure_noise(g[wrong])
             noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[g])
             wrong = plausible & (diff > 2.0 * (noise + trunc))
-            if wrong.any() and not self.sigma_measured:
-                # A refutation must stand against the measured noise of f.
-                self.measure_noise(g[wrong])
-                noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[g])
-                wrong = plausible & (diff > 2.0 * (noise + trunc))
-            ok = same & (rel <= rtol)
-            for k in np.flatnonzero(ok | wrong):
-                gi = g[k]
-                self.numeric[gi] = num[k]
-                self.rel[gi] = rel[k]
-                self.coord_step[gi] = big[k]
-                self.codes[gi] = compare.OK if ok[k] else compare.WRONG
-                self.resolution[gi] = (
-                    f"retried with a larger step {big[k]:.0e} (4-point): "
-                    + ("resolved, agrees" if ok[k] else
-                       "differs by more than round-off and truncation")
-                )  # fmt: skip
-                done[sel[k]] = True
-            for k in np.flatnonzero(~same):
-                if not self.resolution[g[k]]:
-                    self.resolution[g[k]] = f"a larger step {big[k]:.0e} crosses a kink"
+        ok = same & (rel <= rtol)
+        for k in np.flatnonzero(ok | wrong):
+            gi = g[k]
+            self.numeric[gi] = num[k]
+            self.rel[gi] = rel[k]
+            self.coord_step[gi] = big[k]
+            self.codes[gi] = compare.OK if ok[k] else compare.WRONG
+            self.resolution[gi] = (
+                f"retried with a larger step {big[k]:.0e} (4-point): "
+                + ("resolved, agrees" if ok[k] else
+                   "differs by more than round-off and truncation")
+            )  # fmt: skip
+            done[sel[k]] = True
+        for k in np.flatnonzero(~same):
+            if not self.resolution[g[k]]:
+                self.resolution[g[k]] = f"a larger step {big[k]:.0e} crosses a kink"
+
+    def explain_unresolved(
+        self, U: np.ndarray, done: np.ndarray, last_h: np.ndarray
+    ) -> None:
+        """Says why each retried coordinate that no rung decided stays untestable."""
         for q in np.flatnonzero(~done):
             gi = U[q]
             a = abs(self.a[gi])
@@ -1018,6 +1063,7 @@ class _Leaf:
             noise=float(self.noise_median),
             num_kink_crossed=int((self.kink_label != "").sum()),
             num_selected=self.num_selected,
+            interrupted=self.stopped,
         )
 
 
@@ -1323,7 +1369,7 @@ def _settings(
         step_value: float | str = steps.default_step(method, eps)
     else:
         step_value = step if step == "auto" else float(step)
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     budget = (
         memory_budget
         if memory_budget is not None
@@ -1377,7 +1423,14 @@ def _check(
     propagate: bool = True,
 ) -> GradCheckReport:
     point = _prepare(f, params, args, target)
-    f0 = float(_value_jit(point.full, point.dyn_params, point.dyn_args))
+    # A cluster shares the coordinates of one check: the same point everywhere,
+    # and the values every decision depends on taken from process 0.
+    engine.require_same_inputs([*point.dyn_params, *point.dyn_args])
+    f0 = float(
+        engine.from_process_zero(
+            [np.float64(_value_jit(point.full, point.dyn_params, point.dyn_args))]
+        )[0]
+    )
     if not math.isfinite(f0):
         raise ValueError(
             f"`f(params, *args)` is {f0} at the given point, so nothing can be "
@@ -1390,12 +1443,15 @@ def _check(
     )  # fmt: skip
     cfg.propagate = bool(propagate)
     grad_name, analytic = _analytic(point, grad_fn)
+    analytic = dict(
+        zip(analytic, engine.from_process_zero(list(analytic.values())), strict=True)
+    )
 
     selections = {
         info.pos: tree.select_coords(info, coords, seed) for info in point.checked
     }
     total = int(sum(len(s) for s in selections.values()))
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     bar_ui = _progress_bar(total, progress)
 
     leaf_reports = []

@@ -23,17 +23,23 @@ replicated), so the user changes nothing. In a multi-process JAX cluster
 same check, as JAX programs do), the rows of every evaluation are split over
 the processes, each evaluates its share on its own devices, and the results are
 exchanged bit for bit (:func:`jax.experimental.multihost_utils.process_allgather`),
-so every process goes on with the same numbers and makes the same decisions.
+so every process goes on with the same numbers and makes the same decisions
+(:func:`jaxcheck.check_grads` also checks that every process passed the same
+point, and takes ``f`` at the point and the analytic gradient from process 0;
+:func:`this_process_only` opts a check out of the cluster).
 It does not enable float64 itself: :func:`jaxcheck.check_grads` calls it
 inside ``jax.enable_x64(True)``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import hashlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -108,15 +114,118 @@ def _cut(parts: list, rows: int) -> np.ndarray | None:
     return np.concatenate(parts)[:rows]
 
 
+_THIS_PROCESS_ONLY = contextvars.ContextVar("jaxcheck_this_process_only", default=False)
+
+
+@contextlib.contextmanager
+def this_process_only() -> Iterator[None]:
+    """Checks inside this block run on this process alone, even in a
+    multi-process cluster: for a check that only some processes make (e.g.
+    ``if jax.process_index() == 0:``), which would otherwise wait forever for
+    the others to share the work.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxcheck
+      >>> with jaxcheck.this_process_only():
+      ...     jaxcheck.check_grads(lambda w: jnp.sum(w**2), jnp.ones(3)).passed
+      True
+    """
+    token = _THIS_PROCESS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _THIS_PROCESS_ONLY.reset(token)
+
+
 def num_processes() -> int:
     """How many JAX processes share the rows of every evaluation (1 unless
-    :func:`jax.distributed.initialize` started a cluster).
+    :func:`jax.distributed.initialize` started a cluster, and inside
+    :func:`this_process_only`).
 
     Examples:
       >>> num_processes()
       1
     """
+    if _THIS_PROCESS_ONLY.get():
+        return 1
     return max(1, jax.process_count())
+
+
+def rows_per_process(num_rows: int) -> int:
+    """How many of ``num_rows`` rows each process evaluates (all on one).
+
+    Examples:
+      >>> rows_per_process(10)
+      10
+    """
+    return -(-num_rows // num_processes())
+
+
+def _raw(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(
+        [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
+        or [np.zeros(0, np.uint8)]
+    )
+
+
+def require_same_inputs(arrays: Sequence[Any]) -> None:
+    """Raises on every process unless all processes passed the same values (a
+    digest of their bytes is exchanged): the processes share one check's
+    coordinates, so they must be checking the same point.
+
+    Examples:
+      >>> require_same_inputs([np.ones(3)])  # one process: nothing to compare
+    """
+    if num_processes() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256()
+    for a in arrays:
+        host = np.asarray(a)
+        digest.update(str((host.dtype, host.shape)).encode())
+        digest.update(np.ascontiguousarray(host).tobytes())
+    mine = np.frombuffer(digest.digest(), dtype=np.uint8)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [
+        k for k in range(len(everyone)) if not np.array_equal(everyone[k], everyone[0])
+    ]
+    if differ:
+        raise ValueError(
+            "In a multi-process cluster jaxcheck splits the coordinates of one "
+            "check over the processes, so every process must pass the same params "
+            f"and args; process(es) {differ} passed different ones than process 0 "
+            "(a per-process shard of the data?). Pass the same batch on every "
+            "process, or check on one process alone inside "
+            "`with jaxcheck.this_process_only():`."
+        )
+
+
+def from_process_zero(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Process 0's copies of host arrays (the same shapes and dtypes on every
+    process), on every process, bit for bit; the arrays themselves on one.
+
+    Values every decision of a check depends on (``f`` at the point, the
+    analytic gradient) come from one process, so that all processes decide
+    alike even when their own copies differ in the last bit.
+
+    Examples:
+      >>> from_process_zero([np.arange(3.0)])[0].tolist()
+      [0.0, 1.0, 2.0]
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    if num_processes() == 1:
+        return arrays
+    from jax.experimental import multihost_utils
+
+    raw = np.asarray(multihost_utils.broadcast_one_to_all(_raw(arrays)))
+    out, pos = [], 0
+    for a in arrays:
+        size = a.size * a.dtype.itemsize
+        out.append(raw[pos : pos + size].copy().view(a.dtype).reshape(a.shape))
+        pos += size
+    return out
 
 
 def _gather_rows(parts: Sequence[np.ndarray | None], per: int, n: int) -> list:

@@ -164,6 +164,8 @@ class LeafReport:
       num_selected: how many coordinates were selected for the check; more than
         ``num_checked`` when Ctrl-C interrupted this leaf (then only the
         coordinates finished before it were judged).
+      interrupted: whether Ctrl-C stopped the check in this leaf (the check
+        ends with it; the report does not pass).
     """
 
     path: str
@@ -190,11 +192,7 @@ class LeafReport:
     propagated: bool = False
     propagation: str = ""
     num_selected: int = 0
-
-    @property
-    def interrupted(self) -> bool:
-        """True when Ctrl-C stopped this leaf before all selected coordinates."""
-        return self.num_selected > self.num_checked
+    interrupted: bool = False
 
     @property
     def size(self) -> int:
@@ -221,7 +219,6 @@ class LeafReport:
         d["worst"] = [c.to_dict() for c in self.worst]
         d["kinks"] = [c.to_dict() for c in self.kinks]
         d["passed"] = self.passed
-        d["interrupted"] = self.interrupted
         return d
 
 

@@ -183,3 +183,33 @@ def test_ctrl_c_before_the_first_call_of_the_first_leaf_propagates(monkeypatch):
     _interrupt_call(monkeypatch, "_block_jit", at_call=1)
     with pytest.raises(KeyboardInterrupt):
         jaxcheck.check_grads(_bad_scale, jnp.ones(100), chunk_size=8, propagate=False)
+
+
+def test_ctrl_c_after_the_last_call_of_a_leaf_still_stops_the_check(monkeypatch):
+    # The interrupt lands in the progress bar's last update of the first leaf,
+    # after every coordinate of it was evaluated: nothing is lost, but the
+    # check must stop there and not pass.
+    class Bar:
+        def __init__(self):
+            self.done = 0
+
+        def update(self, k):
+            self.done += k
+            if self.done == 60:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(check, "_progress_bar", lambda total, progress: Bar())
+    params = {"a": jnp.linspace(-1.0, 1.0, 60), "b": jnp.ones(5)}
+    report = jaxcheck.check_grads(
+        lambda p: jnp.sum(jnp.sin(p["a"])) + jnp.sum(p["b"] ** 2),
+        params,
+        propagate=False,
+    )
+    (leaf,) = report.leaves
+    assert leaf.path == "['a']" and leaf.num_checked == leaf.num_selected == 60
+    assert leaf.interrupted and leaf.verdict == "INTERRUPTED"
+    assert report.interrupted == ("['a']", "['b']")
+    assert not report.passed
