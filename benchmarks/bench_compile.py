@@ -152,7 +152,7 @@ def main() -> None:
     parts = [
         "# The first check in a new process: compilation, with and without the cache",
         "",
-        C.machine_info() + "; " + C.load_note(),
+        C.machine_info() + "; " + C.load_note() + "; " + C.git_state(),
         "",
         "Speed-up columns are torch's time over this row's (above 1: faster than "
         "torch); *with import* adds each library's import time.",
