@@ -1654,6 +1654,7 @@ def step_sweep(
     method, target = _validate_common(f, grad_fn, None, method, "float64")
     with jax.enable_x64(True):
         point = _prepare(f, params, args, target)
+        engine.require_same_inputs([*point.dyn_params, *point.dyn_args])
         f0 = float(_value_jit(point.full, point.dyn_params, point.dyn_args))
         if not math.isfinite(f0):
             raise ValueError(f"`f(params, *args)` is {f0} at the given point.")
