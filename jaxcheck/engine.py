@@ -551,7 +551,7 @@ def default_memory_budget(device: Any | None = None) -> int:
       >>> default_memory_budget() > 0
       True
     """
-    device = jax.devices()[0] if device is None else device
+    device = jax.local_devices()[0] if device is None else device
     stats = None
     try:
         stats = device.memory_stats()

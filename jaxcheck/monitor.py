@@ -891,6 +891,28 @@ def _is_zero_literal(atom: Any) -> bool:
         return False
 
 
+#: Activations that jax.nn wraps in a named ``jit``: recorded as one layer by
+#: that name (not by the tanh/logistic/max inside them).
+_NAMED_ACTIVATIONS = frozenset(
+    {"leaky_relu", "elu", "selu", "celu", "silu", "mish", "softplus"}
+)
+#: Kinds whose units can die: flat (or nearly so) on the negative side. A unit
+#: is dead when its output is <= 0 for every example.
+RECTIFIERS = ("relu", "leaky_relu", "elu", "selu", "celu", "silu", "mish")
+#: Kinds that saturate at both tails.
+SQUASHERS = ("tanh", "sigmoid")
+
+
+def _named_activation(eqn: Any) -> str | None:
+    name = eqn.params.get("name") if eqn.primitive.name in _TRANSPARENT_CALLS else None
+    if name not in _NAMED_ACTIVATIONS:
+        return None
+    dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        return None
+    return str(name)
+
+
 def _site_kind(eqn: Any) -> str | None:
     name = eqn.primitive.name
     dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
@@ -960,8 +982,15 @@ def _eval_jaxpr(
         name = eqn.primitive.name
         sub = _sub_jaxpr(eqn)
         manager = getattr(getattr(eqn, "ctx", None), "manager", None)
+        named = _named_activation(eqn)
         with manager if manager is not None else contextlib.nullcontext():
-            if name in _TRANSPARENT_CALLS and sub is not None:
+            if named is not None:
+                # One layer, evaluated as it is (its insides are not recorded).
+                bind_params = eqn.primitive.get_bind_params(eqn.params)
+                outs = list(eqn.primitive.bind(*invals, **bind_params))
+                ids = [None] * len(outs)
+                ids[0], outs[0] = rec.add(named, outs[0], probing)
+            elif name in _TRANSPARENT_CALLS and sub is not None:
                 outs, ids = _eval_jaxpr(sub[0], sub[1], invals, rec, probing)
             elif name in _CUSTOM_CALLS and sub is not None:
                 bind_params = eqn.primitive.get_bind_params(eqn.params)
@@ -998,7 +1027,9 @@ class LayerStats:
 
     Attributes:
         name: ``"<index>:<kind>"`` in order of evaluation, e.g. ``"0:relu"``.
-        kind: ``"relu"``, ``"tanh"`` or ``"sigmoid"``.
+        kind: ``"relu"``, ``"tanh"``, ``"sigmoid"``, or the name of a ``jax.nn``
+            activation: ``"leaky_relu"``, ``"elu"``, ``"selu"``, ``"celu"``,
+            ``"silu"``, ``"mish"``, ``"softplus"``.
         shape: Shape of the output.
         mean: Mean of the activations.
         std: Standard deviation of the activations.
@@ -1041,12 +1072,19 @@ class LayerStats:
     grad_hist_edges: tuple[float, ...] = ()
     warnings: tuple[str, ...] = ()
 
+    @property
+    def key_stat(self) -> str:
+        """The figure that matters for this kind of layer: dead units for a
+        rectifier (``"dead 12%"``), saturation for tanh/sigmoid (``"sat 3%"``);
+        empty for others (softplus)."""
+        if self.kind in RECTIFIERS:
+            return f"dead {self.fraction_dead:.0%}"
+        if self.kind in SQUASHERS:
+            return f"sat {self.fraction_saturated:.0%}"
+        return ""
+
     def __str__(self) -> str:
-        special = (
-            f"dead {self.fraction_dead:.0%}"
-            if self.kind == "relu"
-            else f"saturated {self.fraction_saturated:.0%}"
-        )
+        special = self.key_stat.replace("sat ", "saturated ") or self.kind
         grad = "" if self.grad_rms is None else f", grad rms {self.grad_rms:.2e}"
         status = "; ".join(self.warnings) or "ok"
         return (
@@ -1092,11 +1130,7 @@ class ActivationReport:
     def _rows(self) -> list[tuple[str, ...]]:
         rows = []
         for lay in self.layers:
-            special = (
-                f"dead {lay.fraction_dead:.0%}"
-                if lay.kind == "relu"
-                else f"sat {lay.fraction_saturated:.0%}"
-            )
+            special = lay.key_stat or "-"
             rows.append(
                 (
                     lay.name,
@@ -1160,14 +1194,18 @@ def activation_stats(
 
     ``f`` is traced with ``jax.make_jaxpr`` and its jaxpr evaluated by a small
     interpreter that records the output of every ``tanh``, ``logistic`` (sigmoid)
-    and ``max(x, 0)`` (ReLU, including ``jax.nn.relu``), looking inside ``jit``,
+    and ``max(x, 0)`` (ReLU, including ``jax.nn.relu``), and of ``jax.nn``'s
+    ``leaky_relu``, ``elu``, ``selu``, ``celu``, ``silu``/``swish``, ``mish`` and
+    ``softplus`` (recognised by name, each one layer), looking inside ``jit``,
     ``checkpoint`` and ``custom_jvp``/``custom_vjp`` calls. Custom calls are still
-    evaluated by their own rules. With ``gradients=True`` and a scalar ``f`` (a
+    evaluated by their own rules. ``jax.nn.gelu`` is inlined by JAX, so its inner
+    ``tanh`` shows up as a tanh layer. With ``gradients=True`` and a scalar ``f`` (a
     loss), it also records the gradient of ``f`` with respect to each recorded
     output. Nonlinearities inside ``scan``, ``while`` and ``cond`` are not recorded.
 
     Warnings per layer: ReLU layers with more than ``dead_threshold`` of their units
-    dead (zero for every example: a large negative bias, too high a learning rate);
+    dead (zero for every example: a large negative bias, too high a learning rate;
+    for leaky ReLU, ELU, SiLU and the like: negative for every example);
     tanh/sigmoid layers with more than ``saturation_threshold`` of activations in
     the tails (weights too large, gradients vanish) or more than
     ``collapse_threshold`` near the centre (weights too small); layers whose
@@ -1256,17 +1294,24 @@ def activation_stats(
         warnings = []
         frac_zero = float(np.mean(flat == 0)) if flat.size else 0.0
         frac_dead = frac_sat = frac_col = 0.0
-        if kind == "relu":
+        if kind in RECTIFIERS:
             units = a.reshape(-1, a.shape[-1]) if a.ndim >= 1 else a.reshape(1, 1)
-            dead = np.all(units == 0, axis=0)
+            dead = np.all(units <= 0, axis=0)
             frac_dead = float(np.mean(dead))
-            if frac_dead > dead_threshold:
+            if frac_dead > dead_threshold and kind == "relu":
                 warnings.append(
                     f"{frac_dead:.0%} of {dead.size} units are dead (zero for every "
                     "example): a large negative bias or too high a learning rate "
                     "knocked them out; they pass no gradient"
                 )
-        else:
+            elif frac_dead > dead_threshold:
+                warnings.append(
+                    f"{frac_dead:.0%} of {dead.size} units are dead (negative for "
+                    f"every example): on the flat side of {kind} they pass only a "
+                    "weak gradient; a large negative bias or too high a learning "
+                    "rate pushed them there"
+                )
+        elif kind in SQUASHERS:
             centred = flat if kind == "tanh" else 2.0 * flat - 1.0
             frac_sat = float(np.mean(np.abs(centred) >= saturation_level))
             frac_col = float(np.mean(np.abs(centred) < 0.01))

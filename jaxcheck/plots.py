@@ -295,12 +295,9 @@ def plot_activation_stats(
         if lay.hist_counts:
             edges = np.asarray(lay.hist_edges)
             ax.stairs(lay.hist_counts, edges, fill=True, color="#1f4e9c", alpha=0.8)
-        if lay.kind == "relu":
-            extra = f"dead {lay.fraction_dead:.0%}"
-        else:
-            extra = f"sat {lay.fraction_saturated:.0%}"
+        extra = f", {lay.key_stat}" if lay.key_stat else ""
         ax.set_title(
-            f"{lay.name}\nmean {lay.mean:.2f} std {lay.std:.2f}, {extra}",
+            f"{lay.name}\nmean {lay.mean:.2f} std {lay.std:.2f}{extra}",
             fontsize="small",
             color=_BAD if lay.warnings else "black",
         )

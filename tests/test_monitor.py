@@ -386,3 +386,67 @@ def test_training_monitor_records_and_summarises():
     assert "TrainingMonitor(steps_per_epoch=20" in repr(mon)
     with pytest.raises(ValueError, match="`steps_per_epoch`"):
         TrainingMonitor(steps_per_epoch=0)
+
+
+def _two_layer(act):
+    def model(p, x):
+        return act(x @ p["W1"] + p["b1"]) @ p["W2"]
+
+    return model
+
+
+def _two_layer_params(bias: float) -> dict:
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return {
+        "W1": jax.random.normal(k1, (64, 16)) / 8.0,
+        "b1": jnp.full(16, bias),
+        "W2": jax.random.normal(k2, (16, 10)) / 4.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "act, kind",
+    [
+        (jax.nn.leaky_relu, "leaky_relu"),
+        (jax.nn.elu, "elu"),
+        (jax.nn.selu, "selu"),
+        (jax.nn.celu, "celu"),
+        (jax.nn.silu, "silu"),
+        (jax.nn.mish, "mish"),
+    ],
+)
+def test_named_rectifiers_are_one_layer_and_their_dead_units_are_flagged(
+    digits, act, kind
+):
+    x, _ = digits
+    healthy = activation_stats(_two_layer(act), _two_layer_params(0.0), x[:128])
+    # One layer by its name, not the logistic/tanh/max inside it.
+    assert [lay.name for lay in healthy.layers] == [f"0:{kind}"]
+    assert healthy.passed, str(healthy)
+    assert healthy.layers[0].fraction_dead < 0.25
+
+    dead = activation_stats(_two_layer(act), _two_layer_params(-50.0), x[:128])
+    (lay,) = dead.layers
+    assert not dead.passed
+    assert lay.fraction_dead == 1.0 and lay.key_stat == "dead 100%"
+    assert lay.warnings[0].startswith("100% of 16 units are dead (negative for every")
+    assert kind in lay.warnings[0]
+
+
+def test_softplus_is_recorded_without_a_dead_or_saturation_verdict(digits):
+    x, _ = digits
+    report = activation_stats(
+        _two_layer(jax.nn.softplus), _two_layer_params(-50.0), x[:128]
+    )
+    (lay,) = report.layers
+    assert lay.name == "0:softplus" and lay.key_stat == "" and report.passed
+    assert "0:softplus 128x16" in str(lay) and "softplus" in str(lay)
+
+
+def test_relu_and_tanh_keep_their_key_stats(digits):
+    x, _ = digits
+    report = activation_stats(_two_layer(jax.nn.relu), _two_layer_params(-50.0), x[:8])
+    assert report.layers[0].key_stat == "dead 100%"
+    report = activation_stats(_two_layer(jnp.tanh), _two_layer_params(0.0), x[:8])
+    assert report.layers[0].key_stat.startswith("sat ")
+    assert "saturated" in str(report.layers[0])
