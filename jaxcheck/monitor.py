@@ -990,6 +990,8 @@ def _eval_jaxpr(
                 outs = list(eqn.primitive.bind(*invals, **bind_params))
                 ids = [None] * len(outs)
                 ids[0], outs[0] = rec.add(named, outs[0], probing)
+            elif name == "scan" and sub is not None:
+                outs, ids = _eval_scan(eqn, sub, invals, rec)
             elif name in _TRANSPARENT_CALLS and sub is not None:
                 outs, ids = _eval_jaxpr(sub[0], sub[1], invals, rec, probing)
             elif name in _CUSTOM_CALLS and sub is not None:
@@ -1019,6 +1021,39 @@ def _eval_jaxpr(
         for v in jaxpr.outvars
     ]
     return outs, out_ids
+
+
+def _eval_scan(
+    eqn: Any, sub: tuple[Any, Sequence[Any]], invals: list[Any], rec: _Recorder
+) -> tuple[list[Any], list[int | None]]:
+    """Runs a ``scan`` with its body evaluated by the recording interpreter: the
+    nonlinearities inside come out as extra outputs, stacked over the steps, and
+    are recorded as layers of shape ``(length, ...)`` (without gradients)."""
+    body, body_consts = sub
+    num_consts, num_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+    consts = invals[:num_consts]
+    init = invals[num_consts : num_consts + num_carry]
+    xs = invals[num_consts + num_carry :]
+    inner_kinds: list[str] = []
+
+    def step(carry: list[Any], x: list[Any]) -> tuple[list[Any], tuple]:
+        inner = _Recorder(None)
+        outs, _ = _eval_jaxpr(body, body_consts, [*consts, *carry, *x], inner, False)
+        inner_kinds[:] = inner.kinds
+        return outs[:num_carry], (outs[num_carry:], inner.values)
+
+    carry, (ys, recorded) = jax.lax.scan(
+        step,
+        list(init),
+        list(xs),
+        length=eqn.params["length"],
+        reverse=eqn.params["reverse"],
+        unroll=eqn.params.get("unroll", 1),
+    )
+    for kind, value in zip(inner_kinds, recorded, strict=True):
+        rec.add(kind, value, False)
+    outs = [*carry, *ys]
+    return outs, [None] * len(outs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1201,7 +1236,9 @@ def activation_stats(
     evaluated by their own rules. ``jax.nn.gelu`` is inlined by JAX, so its inner
     ``tanh`` shows up as a tanh layer. With ``gradients=True`` and a scalar ``f`` (a
     loss), it also records the gradient of ``f`` with respect to each recorded
-    output. Nonlinearities inside ``scan``, ``while`` and ``cond`` are not recorded.
+    output. Nonlinearities inside a ``scan`` (an RNN, scanned layers) are
+    recorded stacked over its steps, shape ``(length, ...)``, without their
+    gradients; those inside ``while`` and ``cond`` are not recorded.
 
     Warnings per layer: ReLU layers with more than ``dead_threshold`` of their units
     dead (zero for every example: a large negative bias, too high a learning rate;

@@ -450,3 +450,42 @@ def test_relu_and_tanh_keep_their_key_stats(digits):
     report = activation_stats(_two_layer(jnp.tanh), _two_layer_params(0.0), x[:8])
     assert report.layers[0].key_stat.startswith("sat ")
     assert "saturated" in str(report.layers[0])
+
+
+def _rnn(p, xs):
+    def cell(h, x):
+        h = jnp.tanh(h @ p["Wh"] + x @ p["Wx"])
+        return h, jax.nn.relu(h @ p["Wo"] + p["bo"])
+
+    _, ys = jax.lax.scan(cell, jnp.zeros((xs.shape[1], 8)), xs)
+    return jnp.mean(ys**2)
+
+
+def _rnn_params(bias: float) -> dict:
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    return {
+        "Wh": jax.random.normal(k1, (8, 8)) / 3.0,
+        "Wx": jax.random.normal(k2, (4, 8)) / 2.0,
+        "Wo": jax.random.normal(k3, (8, 6)) / 3.0,
+        "bo": jnp.full(6, bias),
+    }
+
+
+def test_nonlinearities_inside_a_scan_are_recorded_over_its_steps():
+    xs = jax.random.normal(jax.random.key(2), (7, 5, 4))  # 7 steps, batch 5
+    report = activation_stats(_rnn, _rnn_params(0.0), xs, gradients=True)
+    assert [lay.name for lay in report.layers] == ["0:tanh", "1:relu"]
+    tanh, relu = report.layers
+    assert tanh.shape == (7, 5, 8) and relu.shape == (7, 5, 6)
+    # The recorded values are the scan's own: recompute the hidden states.
+    p, h, hs = _rnn_params(0.0), jnp.zeros((5, 8)), []
+    for t in range(7):
+        h = jnp.tanh(h @ p["Wh"] + xs[t] @ p["Wx"])
+        hs.append(h)
+    assert tanh.mean == pytest.approx(float(jnp.stack(hs).mean()), rel=1e-5)
+    assert tanh.grad_rms is None  # no gradients inside a scan
+    assert report.passed, str(report)
+
+    dead = activation_stats(_rnn, _rnn_params(-50.0), xs)
+    assert dead.layer("1:relu").fraction_dead == 1.0
+    assert dead.warnings == ("1:relu: " + dead.layer("1:relu").warnings[0],)
