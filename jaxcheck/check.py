@@ -910,6 +910,8 @@ class _Leaf:
             rung_of=rung_of, pos_of=pos_of, big=pair_big, w_plus=None, w_minus=None,
             plus=np.full((len(pair_big), 2), np.nan),
             minus=np.full((len(pair_big), 2), np.nan),
+            best=np.full((len(U), 3), np.nan),  # rel error, estimate, step
+            truncated=np.zeros(len(U), dtype=bool),  # at the last rung tried
         )  # fmt: skip
         for group in groups:
             todo = np.flatnonzero(np.isin(rung_of, list(group)) & ~done[pos_of])
@@ -926,7 +928,7 @@ class _Leaf:
                     lad.w_plus[todo], lad.w_minus[todo] = wp, wm
             for r in group:
                 self.judge_rung(r, lad, U, done, last_h)
-        self.explain_unresolved(U, done, last_h)
+        self.explain_unresolved(U, done, last_h, lad.best, lad.truncated)
 
     def judge_rung(
         self, r: int, lad: Any, U: np.ndarray, done: np.ndarray, last_h: np.ndarray
@@ -968,6 +970,11 @@ class _Leaf:
             noise = steps.noise_allowance(weight, sc, cfg.eps, nf, self.sigma[g])
             wrong = plausible & (diff > 2.0 * (noise + trunc))
         ok = same & (rel <= rtol)
+        lad.truncated[sel] = trunc > noise
+        # The closest estimate of the rungs that decide nothing, for the report.
+        open_ = same & ~(ok | wrong) & np.isfinite(rel)
+        better = open_ & ~(rel >= lad.best[sel, 0])
+        lad.best[sel[better]] = np.stack([rel, num, big], 1)[better]
         for k in np.flatnonzero(ok | wrong):
             gi = g[k]
             self.numeric[gi] = num[k]
@@ -985,11 +992,26 @@ class _Leaf:
                 self.resolution[g[k]] = f"a larger step {big[k]:.0e} crosses a kink"
 
     def explain_unresolved(
-        self, U: np.ndarray, done: np.ndarray, last_h: np.ndarray
+        self,
+        U: np.ndarray,
+        done: np.ndarray,
+        last_h: np.ndarray,
+        best: np.ndarray,
+        truncated: np.ndarray,
     ) -> None:
-        """Says why each retried coordinate that no rung decided stays untestable."""
+        """Says why each retried coordinate that no rung decided stays untestable;
+        keeps the closest estimate of the retries when it beats the main pass's."""
         for q in np.flatnonzero(~done):
             gi = U[q]
+            best_note = ""
+            if np.isfinite(best[q, 0]):
+                best_note = (
+                    f"; the closest estimate, rel {best[q, 0]:.1e}, came at "
+                    f"h={best[q, 2]:.0e} (4-point)"
+                )
+                if not best[q, 0] >= self.rel[gi]:
+                    self.rel[gi], self.numeric[gi] = best[q, 0], best[q, 1]
+                    self.coord_step[gi] = best[q, 2]
             a = abs(self.a[gi])
             hint = ""
             f_abs = abs(self.f_center)
@@ -1003,7 +1025,16 @@ class _Leaf:
                 factor = 10.0 ** round(-math.log10(a))
                 hint = f"; scale the loss by ~{factor:.0e} to bring it near 1"
             noise = f", noise of f {self.sigma[gi]:.1e}" if self.sigma[gi] > 0 else ""
-            if not self.resolution[gi]:
+            if self.resolution[gi]:
+                continue
+            if truncated[q]:
+                # At the largest step truncation, not round-off, was the limit.
+                self.resolution[gi] = (
+                    f"not resolved by larger steps up to h={last_h[q]:.0e} (round-off "
+                    f"limits small steps, truncation large ones){best_note}: "
+                    f"|a|={a:.1e} against f={self.f_center:.3e}{noise}{hint}"
+                )
+            else:
                 self.resolution[gi] = (
                     f"below round-off even at h={last_h[q]:.0e}: |a|={a:.1e} against "
                     f"f={self.f_center:.3e}{noise}{hint}"
@@ -1554,7 +1585,7 @@ def _summary_notes(
             (
                 "EVERY checked coordinate"
                 if all_untestable
-                else f"{n_untestable:,} coordinates"
+                else f"{n_untestable:,} coordinate" + ("s" if n_untestable > 1 else "")
             )
             + " had a difference within round-off noise of the finite difference "
             f"(|a - n| <= {cfg.bar.noise_factor:g}·eps·|f|/h, or the measured noise of "

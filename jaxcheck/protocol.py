@@ -1278,8 +1278,9 @@ def assert_deterministic(
       >>> def noisy(w, x):  # dropout mask from NumPy: not a function of the args
       ...     keep = np.random.default_rng().random(x.shape) < 0.8
       ...     return jnp.sum(jnp.where(keep, x, 0.0) @ w)
-      >>> try:
-      ...     assert_deterministic(noisy, jnp.ones(3), jnp.ones((50, 3)))
+      >>> x = jnp.asarray(np.random.default_rng(0).normal(size=(50, 3)))
+      >>> try:  # (distinct entries: two masks never give the same sum)
+      ...     assert_deterministic(noisy, jnp.ones(3), x)
       ... except ValueError as e:
       ...     print("key not threaded" in str(e))
       True

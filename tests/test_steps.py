@@ -50,7 +50,15 @@ def test_gradient_of_1e9_is_untestable_with_reason_not_wrong():
     # Retried with larger steps, then reported with raw values and the fix.
     assert leaf.num_retried >= 1
     untestable = [c for c in leaf.worst if c.verdict == "untestable"]
-    assert untestable and all("below round-off" in c.resolution for c in untestable)
+    # At the largest step truncation shows: the report says so and keeps the
+    # closest estimate of the retries.
+    assert untestable
+    assert all(
+        "not resolved by larger steps up to h=1e-01" in c.resolution
+        and "the closest estimate" in c.resolution
+        and c.step in (1e-4, 1e-3, 1e-2, 1e-1)
+        for c in untestable
+    )
     # f = 1 + (terms of 1e-9): the fix is to look at those terms alone.
     assert all("check the terms it enters" in c.resolution for c in untestable)
     assert all(c.f_plus == pytest.approx(1.0) for c in untestable)
@@ -241,3 +249,13 @@ def test_noise_allowance_matches_the_historical_model():
     assert got == pytest.approx(64 * 2**-52 * 2.0 / 2e-5)
     measured = steps.noise_allowance(1 / 1e-5, 2.0, 2**-52, 64.0, sigma=1e-9)
     assert measured == pytest.approx(0.5 / 1e-5 * steps.NOISE_SIGMAS * 1e-9)
+
+
+def test_a_gradient_below_round_off_at_every_step_says_so():
+    # f = 1e9 + sum(w): linear (no truncation at any step), and its gradient of
+    # 1 is below the round-off of f even at the largest retry step.
+    report = jaxcheck.check_grads(lambda w: 1e9 + jnp.sum(w), jnp.ones(3))
+    assert report.passed and report.num_untestable == 3
+    for c in report.leaves[0].worst:
+        assert c.verdict == "untestable"
+        assert c.resolution.startswith("below round-off even at h=1e-01")
