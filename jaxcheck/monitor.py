@@ -1111,7 +1111,14 @@ class LayerStats:
     def key_stat(self) -> str:
         """The figure that matters for this kind of layer: dead units for a
         rectifier (``"dead 12%"``), saturation for tanh/sigmoid (``"sat 3%"``);
-        empty for others (softplus)."""
+        empty for others (softplus).
+
+        Examples:
+          >>> import jax, jax.numpy as jnp
+          >>> report = activation_stats(lambda x: jax.nn.relu(x - 9.0), jnp.ones((4, 2)))
+          >>> report.layers[0].key_stat
+          'dead 100%'
+        """
         if self.kind in RECTIFIERS:
             return f"dead {self.fraction_dead:.0%}"
         if self.kind in SQUASHERS:
