@@ -118,6 +118,11 @@ OPAQUE: frozenset[str] = frozenset(
     }
 )
 
+#: Primitives that carry jaxprs but whose result is a smooth function of their
+#: operands (a linear solve; its pivoting only changes round-off): they are
+#: neither entered nor listed as opaque.
+SMOOTH_CALLS: frozenset[str] = frozenset({"custom_linear_solve"})
+
 #: Call-like primitives the interpreter inlines, and the parameter holding the
 #: called jaxpr.
 _CALLS: dict[str, str] = {
@@ -410,7 +415,12 @@ class _Facts:
             name in ("ne", "eq") and len(ins) == 2 and ins[0] is ins[1]
         ):
             self.guard.update(outs)
-        elif name in _BOOL_LOGIC and ins and all(a in self.guard for a in ins):
+        elif (
+            name in _BOOL_LOGIC
+            and any(_is_var(a) for a in ins)
+            and all(not _is_var(a) or a in self.guard for a in ins)
+        ):
+            # A constant operand (``isfinite(x) & True``) keeps a guard a guard.
             self.guard.update(outs)
         if tracked and name in _COMPARISONS:
             self.tracked_cmp.update(outs)
@@ -464,7 +474,7 @@ def _is_opaque(eqn: Any) -> bool:
     name = eqn.primitive.name
     if name in OPAQUE:
         return True
-    if name in _CALLS or name in ("cond", "scan", "while"):
+    if name in _CALLS or name in SMOOTH_CALLS or name in ("cond", "scan", "while"):
         return False
     return any(True for _ in jcore.jaxprs_in_params(eqn.params))
 
@@ -567,20 +577,7 @@ class _Analysis:
                 dout = [x | mask for x in douts]
                 kout = kouts
             elif live and name in ("scan", "while"):
-                # The predicate of a while loop counts through its iterations.
-                keys = ("jaxpr",) if name == "scan" else ("body_jaxpr",)
-                kmax = max(kin, default=0)
-                for key in keys:
-                    body = eqn.params[key].jaxpr
-                    n_in = len(body.invars)
-                    _, k_b = self.walk(
-                        body, [mask] * n_in, [kmax] * n_in,
-                        [True] * len(body.outvars), ctx, _join(within, name), where,
-                    )  # fmt: skip
-                    kmax = max([kmax, *k_b])
-                if name == "while":
-                    self._add(Site("while", ctx, where, (), within, "int32"), mask)
-                kout = [kmax] * len(eqn.outvars)
+                dout, kout = self._loop(eqn, din, kin, ctx, within, where)
             elif live:
                 tracked = _site_kind(eqn, [bool(d) for d in din], facts)
                 if tracked:
@@ -610,6 +607,70 @@ class _Analysis:
             [dep.get(v, 0) if _is_var(v) else 0 for v in jaxpr.outvars],
             [depth.get(v, 0) if _is_var(v) else 0 for v in jaxpr.outvars],
         )
+
+    def _loop(
+        self,
+        eqn: Any,
+        din: Sequence[int],
+        kin: Sequence[int],
+        ctx: str,
+        within: str,
+        where: str,
+    ) -> tuple[list[int], list[int]]:
+        """Dependence and depth of a ``scan`` / ``while`` and its sites.
+
+        The body's inputs depend on the parameters as they really do: its
+        constants and scanned inputs from outside, its carry from the initial
+        value and from what an iteration feeds back (a fixed point, found with
+        scratch walks that record nothing). So a constant mask inside a loop
+        (optax's ``ctc_loss``) is not a parameter-dependent computation.
+        """
+        p = eqn.params
+        kmax = max(kin, default=0)
+        if eqn.primitive.name == "scan":
+            body = p["jaxpr"].jaxpr
+            nc, nk = p["num_consts"], p["num_carry"]
+            fixed, carry, rest = (
+                list(din[:nc]),
+                list(din[nc : nc + nk]),
+                list(din[nc + nk :]),
+            )
+        else:
+            body = p["body_jaxpr"].jaxpr
+            cn, bn = p["cond_nconsts"], p["body_nconsts"]
+            fixed, carry, rest = list(din[cn : cn + bn]), list(din[cn + bn :]), []
+            nk = len(carry)
+        n_in, n_out = len(body.invars), len(body.outvars)
+        for _ in range(nk + 1):
+            scratch = _Analysis()
+            scratch.check_itemsize = self.check_itemsize
+            d_b, _ = scratch.walk(
+                body, [*fixed, *carry, *rest], [kmax] * n_in, [True] * n_out, ctx,
+                within, where,
+            )  # fmt: skip
+            grown = [c | d for c, d in zip(carry, d_b[:nk], strict=True)]
+            if grown == carry:
+                break
+            carry = grown
+        d_b, k_b = self.walk(
+            body, [*fixed, *carry, *rest], [kmax] * n_in, [True] * n_out, ctx,
+            _join(within, eqn.primitive.name), where,
+        )  # fmt: skip
+        kmax = max([kmax, *k_b])
+        if eqn.primitive.name == "scan":
+            dout = [*(c | d for c, d in zip(carry, d_b[:nk], strict=True)), *d_b[nk:]]
+            return dout, [kmax] * len(eqn.outvars)
+        # The number of iterations depends on what the predicate reads.
+        cond = p["cond_jaxpr"].jaxpr
+        scratch = _Analysis()
+        (pred,), _ = scratch.walk(
+            cond, [*din[: p["cond_nconsts"]], *carry], [0] * len(cond.invars),
+            [True], ctx, within, where,
+        )  # fmt: skip
+        if pred:
+            self._add(Site("while", ctx, where, (), within, "int32"), pred)
+        dout = [c | d | pred for c, d in zip(carry, d_b, strict=True)]
+        return dout, [kmax] * len(eqn.outvars)
 
     def _add(self, site: Site, mask: int) -> None:
         self.sites.append((site, mask))
