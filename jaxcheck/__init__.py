@@ -5,11 +5,8 @@ every leaf's) coordinate of a pytree of parameters in float64 and reports, leaf
 by leaf, where the analytic gradient disagrees.
 """
 
-from . import data as data
 from . import examples as examples
-from . import monitor as monitor
-from . import plots as plots
-from . import sanity as sanity
+from . import training as training
 from .check import assert_grads as assert_grads
 from .check import check_grads as check_grads
 from .check import step_sweep as step_sweep
@@ -98,21 +95,18 @@ __all__ = (
     "check_points",
     "check_second_order",
     "check_vjp",
-    "data",
     "default_memory_budget",
     "directions_for_risk",
     "examples",
     "inspect_kinks",
     "miss_probability",
-    "monitor",
     "plot_step_sweep",
-    "plots",
     "relative_error",
-    "sanity",
     "stack_points",
     "step_sweep",
     "take_datapoints",
     "this_process_only",
     "track_winners",
+    "training",
     "use_compilation_cache",
 )

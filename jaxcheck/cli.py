@@ -94,7 +94,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _demo_training(out: str) -> bool:
     try:
-        from . import sanity
+        from .training import demo as sanity
     except ImportError:  # pragma: no cover - the module ships with jaxcheck
         return True
     run_demo = getattr(sanity, "run_demo", None)

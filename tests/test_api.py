@@ -10,20 +10,31 @@ import pytest
 
 import jaxcheck
 
-MODULES = sorted(
-    m.name for m in pkgutil.iter_modules(jaxcheck.__path__, "jaxcheck.") if not m.ispkg
-)
+#: Every module of the package, the subpackages' (jaxcheck.training.*) included.
+MODULES = sorted(m.name for m in pkgutil.walk_packages(jaxcheck.__path__, "jaxcheck."))
+#: The public names: jaxcheck's and those of its subpackages.
+PUBLIC = [("jaxcheck", name) for name in jaxcheck.__all__] + [
+    ("jaxcheck.training", name) for name in jaxcheck.training.__all__
+]
 
 
-@pytest.mark.parametrize("name", jaxcheck.__all__)
-def test_public_names_are_documented(name):
-    obj = getattr(jaxcheck, name)
+def test_module_list_reaches_into_subpackages():
+    assert {
+        "jaxcheck.examples",
+        "jaxcheck.training",
+        "jaxcheck.training.sanity",
+    } <= set(MODULES)
+
+
+@pytest.mark.parametrize("where, name", PUBLIC, ids=[f"{w}.{n}" for w, n in PUBLIC])
+def test_public_names_are_documented(where, name):
+    obj = getattr(importlib.import_module(where), name)
     doc = inspect.getdoc(obj)
-    assert doc, f"jaxcheck.{name} has no docstring"
+    assert doc, f"{where}.{name} has no docstring"
     if inspect.isfunction(obj):
-        assert "Examples:" in doc, f"jaxcheck.{name} has no Examples: section"
+        assert "Examples:" in doc, f"{where}.{name} has no Examples: section"
         hints = inspect.get_annotations(obj)
-        assert "return" in hints, f"jaxcheck.{name} has no return type hint"
+        assert "return" in hints, f"{where}.{name} has no return type hint"
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -8,19 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcheck import monitor
-from jaxcheck.data import load_digits
-from jaxcheck.monitor import (
+from jaxcheck.examples import mlp_apply, mlp_init_named, softmax_loss
+from jaxcheck.training import (
     TrainingMonitor,
+    _capture,
     activation_stats,
     check_update_ratios,
     diagnose_accuracy,
     diagnose_loss_curve,
     first_layer_tiles,
+    load_digits,
     update_ratios,
     update_ratios_from_updates,
 )
-from jaxcheck.sanity import mlp_apply, mlp_init, softmax_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def digits():
 
 @jax.jit
 def data_loss(p, x, y):
-    return softmax_cross_entropy(mlp_apply(p, x), y)
+    return softmax_loss(mlp_apply(p, x), y)
 
 
 # --- loss curve -------------------------------------------------------------------
@@ -172,7 +172,7 @@ def _sgd_ratios(params, x, y, lr, steps=8):
 
 def test_update_ratio_flags_lr_100x_too_high_and_too_low(digits):
     x, y = digits
-    params = mlp_init(jax.random.key(0), [64, 32, 10])
+    params = mlp_init_named(jax.random.key(0), [64, 32, 10])
     base_lr = 0.03  # gives ratios of a few 1e-3 on this model
     good = _sgd_ratios(params, x, y, base_lr)
     high = _sgd_ratios(params, x, y, 100 * base_lr)
@@ -198,7 +198,7 @@ def test_update_ratio_flags_lr_100x_too_high_and_too_low(digits):
 
 def test_dead_relu_layer_is_flagged(digits):
     x, _ = digits
-    params = mlp_init(jax.random.key(0), [64, 32, 32, 10])
+    params = mlp_init_named(jax.random.key(0), [64, 32, 32, 10])
     healthy = activation_stats(mlp_apply, params, x[:128])
     assert [lay.name for lay in healthy.layers] == ["0:relu", "1:relu"]
     assert healthy.passed, str(healthy)
@@ -216,7 +216,7 @@ def test_dead_relu_layer_is_flagged(digits):
 
 def test_activation_gradients_and_vanishing(digits):
     x, y = digits
-    params = mlp_init(jax.random.key(0), [64, 32, 32, 10])
+    params = mlp_init_named(jax.random.key(0), [64, 32, 32, 10])
     params["layer1"]["b"] = params["layer1"]["b"] - 50.0
     report = activation_stats(data_loss, params, x[:128], y[:128], gradients=True)
     first, second = report.layers
@@ -237,7 +237,7 @@ def test_activation_gradients_and_vanishing(digits):
 )
 def test_tanh_and_sigmoid_saturation(digits, activation, scale, field, message):
     x, _ = digits
-    params = mlp_init(jax.random.key(0), [64, 32, 32, 10], scale=scale)
+    params = mlp_init_named(jax.random.key(0), [64, 32, 32, 10], scale=scale)
     report = activation_stats(
         lambda p, x: mlp_apply(p, x, activation=activation), params, x[:128]
     )
@@ -247,7 +247,7 @@ def test_tanh_and_sigmoid_saturation(digits, activation, scale, field, message):
     assert any(message in w for w in last.warnings), str(report)
     ok = activation_stats(
         lambda p, x: mlp_apply(p, x, activation=activation),
-        mlp_init(jax.random.key(0), [64, 32, 32, 10], scale="xavier"),
+        mlp_init_named(jax.random.key(0), [64, 32, 32, 10], scale="xavier"),
         x[:128],
     )
     assert ok.passed, str(ok)
@@ -272,8 +272,8 @@ def test_jaxpr_interpreter_finds_all_relu_spellings_and_nested_calls():
     )
     # The interpreter computes exactly what f computes.
     closed = jax.make_jaxpr(f)(x)
-    rec = monitor._Recorder(None)
-    out, _ = monitor._eval_jaxpr(closed.jaxpr, closed.consts, [x], rec, True)
+    rec = _capture.Recorder(None)
+    out, _ = _capture.eval_jaxpr(closed.jaxpr, closed.consts, [x], rec, True)
     np.testing.assert_allclose(out[0], f(x), rtol=1e-6)
 
 
@@ -311,7 +311,7 @@ def test_activation_stats_errors_and_empty():
 
 def test_activation_report_renderings(digits):
     x, _ = digits
-    params = mlp_init(jax.random.key(0), [64, 16, 10], bias=-50.0)
+    params = mlp_init_named(jax.random.key(0), [64, 16, 10], bias=-50.0)
     report = activation_stats(mlp_apply, params, x[:32])
     text = str(report)
     assert text.startswith("[WARN] activations")

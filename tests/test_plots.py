@@ -8,19 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcheck import plots
-from jaxcheck.monitor import (
+from jaxcheck.examples import mlp_apply, mlp_init_named, softmax_loss
+from jaxcheck.training import (
+    OverfitResult,
+    RegularizationResult,
     TrainingMonitor,
     activation_stats,
     diagnose_accuracy,
     first_layer_tiles,
-)
-from jaxcheck.sanity import (
-    OverfitResult,
-    RegularizationResult,
-    mlp_apply,
-    mlp_init,
-    softmax_cross_entropy,
+    plots,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,11 +51,11 @@ def monitor():
 @pytest.fixture(scope="module")
 def dead_relu_report():
     x = jax.random.normal(jax.random.key(0), (64, 8))
-    params = mlp_init(jax.random.key(1), [8, 16, 16, 4])
+    params = mlp_init_named(jax.random.key(1), [8, 16, 16, 4])
     params["layer1"]["b"] = params["layer1"]["b"] - 50.0
 
     def loss(p, x):
-        return softmax_cross_entropy(mlp_apply(p, x), jnp.zeros(64, jnp.int32))
+        return softmax_loss(mlp_apply(p, x), jnp.zeros(64, jnp.int32))
 
     report = activation_stats(loss, params, x, gradients=True)
     assert report.layer("1:relu").fraction_dead == 1.0

@@ -11,18 +11,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcheck import sanity
-from jaxcheck.data import load_digits
-from jaxcheck.sanity import (
+from jaxcheck.examples import (
+    accuracy,
+    l2_penalty,
+    mlp_apply,
+    mlp_init_named,
+    multiclass_svm_loss,
+    softmax_loss,
+)
+from jaxcheck.training import (
     chance_loss,
     check_initial_loss,
     check_regularization_raises_loss,
-    l2_penalty,
-    mlp_apply,
-    mlp_init,
-    multiclass_svm_loss,
+    load_digits,
     overfit_small_subset,
-    softmax_cross_entropy,
+    run_demo,
 )
 
 # Tolerance on the initial loss of a model with 1e-3-scale weights: scores are
@@ -43,7 +46,7 @@ def digits():
 
 @jax.jit
 def data_loss(p, x, y):
-    return softmax_cross_entropy(mlp_apply(p, x), y)
+    return softmax_loss(mlp_apply(p, x), y)
 
 
 @jax.jit
@@ -75,7 +78,7 @@ def test_chance_loss_values(kind, num_classes, margin, expected):
 def test_chance_loss_is_the_loss_of_zero_scores():
     labels = jnp.arange(40) % 10
     zeros = jnp.zeros((40, 10))
-    assert float(softmax_cross_entropy(zeros, labels)) == pytest.approx(
+    assert float(softmax_loss(zeros, labels)) == pytest.approx(
         chance_loss("softmax", 10), rel=1e-6
     )
     assert float(multiclass_svm_loss(zeros, labels)) == chance_loss("svm", 10)
@@ -105,7 +108,7 @@ def test_chance_loss_rejects_bad_input(args, kwargs, error, match):
 )
 def test_small_init_matches_chance_on_digits(digits, kind, loss_fn, expected):
     x, y, _ = digits
-    params = mlp_init(jax.random.key(0), [64, 32, 10], scale=1e-3)
+    params = mlp_init_named(jax.random.key(0), [64, 32, 10], scale=1e-3)
     r = check_initial_loss(loss_fn, params, x, y, kind=kind, num_classes=10)
     assert r.passed, str(r)
     assert r.expected == pytest.approx(expected, abs=1e-6)
@@ -116,7 +119,7 @@ def test_small_init_matches_chance_on_digits(digits, kind, loss_fn, expected):
 @pytest.mark.parametrize("kind, loss_fn", [("softmax", data_loss), ("svm", svm_loss)])
 def test_large_init_is_flagged(digits, kind, loss_fn):
     x, y, _ = digits
-    params = mlp_init(jax.random.key(0), [64, 32, 10], scale=1.0)
+    params = mlp_init_named(jax.random.key(0), [64, 32, 10], scale=1.0)
     logits = mlp_apply(params, x)
     r = check_initial_loss(
         loss_fn, params, x, y, kind=kind, num_classes=10, logits=logits
@@ -129,7 +132,7 @@ def test_large_init_is_flagged(digits, kind, loss_fn):
 
 def test_planted_loss_bugs_are_explained(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(0), [64, 32, 10], scale=1e-3)
+    p = mlp_init_named(jax.random.key(0), [64, 32, 10], scale=1e-3)
 
     def summed(p, x, y):
         return data_loss(p, x, y) * x.shape[0]
@@ -161,7 +164,7 @@ def test_planted_loss_bugs_are_explained(digits):
 
 def test_small_scores_but_wrong_loss_blames_the_loss(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(0), [64, 32, 10], scale=1e-3)
+    p = mlp_init_named(jax.random.key(0), [64, 32, 10], scale=1e-3)
     r = check_initial_loss(
         lambda p, x, y: 1.5 * data_loss(p, x, y),
         p,
@@ -176,7 +179,7 @@ def test_small_scores_but_wrong_loss_blames_the_loss(digits):
 
 def test_initial_loss_nonfinite_and_errors(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(0), [64, 8, 10], scale=1e-3)
+    p = mlp_init_named(jax.random.key(0), [64, 8, 10], scale=1e-3)
     r = check_initial_loss(lambda p, x, y: jnp.log(0.0), p, x, y, num_classes=10)
     assert not r.passed and "not finite" in r.reason
     with pytest.raises(ValueError, match="must return a scalar"):
@@ -191,7 +194,7 @@ def test_initial_loss_nonfinite_and_errors(digits):
 
 def test_sanity_result_renderings(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(0), [64, 8, 10], scale=1e-3)
+    p = mlp_init_named(jax.random.key(0), [64, 8, 10], scale=1e-3)
     r = check_initial_loss(data_loss, p, x, y, num_classes=10)
     text = str(r)
     assert text.startswith("[PASS] initial_loss: measured 2.302")
@@ -213,7 +216,7 @@ def total_loss(p, x, y, *, reg=0.0):
 
 def test_regularization_raises_loss(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(1), [64, 32, 10])
+    p = mlp_init_named(jax.random.key(1), [64, 32, 10])
     r = check_regularization_raises_loss(total_loss, p, x, y)
     assert r.passed, str(r)
     assert r.strengths == (0.0, 1e-3, 1e-2, 1e-1, 1.0)
@@ -227,7 +230,7 @@ def test_regularization_raises_loss(digits):
 
 def test_regularization_wrong_sign_and_missing_are_flagged(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(1), [64, 32, 10])
+    p = mlp_init_named(jax.random.key(1), [64, 32, 10])
 
     def wrong_sign(p, x, y, *, reg=0.0):
         return data_loss(p, x, y) - reg * l2_penalty(p)
@@ -243,7 +246,7 @@ def test_regularization_wrong_sign_and_missing_are_flagged(digits):
 
 def test_regularization_custom_keyword_and_errors(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(1), [64, 8, 10])
+    p = mlp_init_named(jax.random.key(1), [64, 8, 10])
 
     def loss(p, x, y, *, weight_decay=0.0):
         return total_loss(p, x, y, reg=weight_decay)
@@ -265,7 +268,7 @@ def test_regularization_custom_keyword_and_errors(digits):
 
 def test_overfit_twenty_digits(digits):
     x, y, _ = digits
-    params = mlp_init(jax.random.key(2), [64, 32, 10])
+    params = mlp_init_named(jax.random.key(2), [64, 32, 10])
     r = overfit_small_subset(
         data_loss, params, x, y, predict_fn=mlp_apply, num_examples=20, steps=150
     )
@@ -283,7 +286,7 @@ def test_overfit_accepts_one_hot_labels_and_optimizer(digits):
     import optax
 
     x, y, _ = digits
-    params = mlp_init(jax.random.key(2), [64, 32, 10])
+    params = mlp_init_named(jax.random.key(2), [64, 32, 10])
     r = overfit_small_subset(
         data_loss,
         params,
@@ -304,7 +307,7 @@ def test_overfit_failures_are_explained(digits, lr, phrase):
     import optax
 
     x, y, _ = digits
-    params = mlp_init(jax.random.key(2), [64, 32, 10])
+    params = mlp_init_named(jax.random.key(2), [64, 32, 10])
     r = overfit_small_subset(
         data_loss,
         params,
@@ -320,7 +323,7 @@ def test_overfit_failures_are_explained(digits, lr, phrase):
 
 def test_overfit_argument_errors(digits):
     x, y, _ = digits
-    p = mlp_init(jax.random.key(2), [64, 8, 10])
+    p = mlp_init_named(jax.random.key(2), [64, 8, 10])
     with pytest.raises(ValueError, match="same number of examples"):
         overfit_small_subset(data_loss, p, x, y[:10])
     with pytest.raises(ValueError, match="`steps`"):
@@ -346,7 +349,7 @@ def test_missing_sklearn_names_the_extra(monkeypatch):
 
 
 def test_mlp_helpers():
-    p = mlp_init(jax.random.key(0), [64, 16, 10], bias=-1.0)
+    p = mlp_init_named(jax.random.key(0), [64, 16, 10], bias=-1.0)
     assert jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(p)[0][0][0]) == (
         "['layer0']['W']"
     )
@@ -357,14 +360,14 @@ def test_mlp_helpers():
     with pytest.raises(ValueError, match="`activation`"):
         mlp_apply(p, jnp.ones((3, 64)), activation="swish")
     with pytest.raises(ValueError, match="`sizes`"):
-        mlp_init(jax.random.key(0), [64])
+        mlp_init_named(jax.random.key(0), [64])
     assert float(l2_penalty({"W": 2 * jnp.ones((2, 3)), "b": jnp.ones(3)})) == 12.0
     labels = jnp.array([0, 2, 1])
     logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
-    assert float(softmax_cross_entropy(logits, labels)) == pytest.approx(
-        float(softmax_cross_entropy(logits, jax.nn.one_hot(labels, 3)))
+    assert float(softmax_loss(logits, labels)) == pytest.approx(
+        float(softmax_loss(logits, jax.nn.one_hot(labels, 3)))
     )
-    assert sanity.accuracy(logits, labels) == pytest.approx(2 / 3)
+    assert accuracy(logits, labels) == pytest.approx(2 / 3)
 
 
 def test_digits_split_is_deterministic():
@@ -383,7 +386,7 @@ def test_digits_split_is_deterministic():
 
 def test_run_demo_writes_figures(tmp_path):
     t0 = time.perf_counter()
-    text = sanity.run_demo(tmp_path / "figs", seed=0, epochs=2)
+    text = run_demo(tmp_path / "figs", seed=0, epochs=2)
     seconds = time.perf_counter() - t0
     assert seconds < 20.0
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())

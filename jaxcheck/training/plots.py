@@ -4,7 +4,7 @@ Every function returns a ``matplotlib.figure.Figure`` built without ``pyplot``: 
 global backend is switched and no window opens, so they work on servers and in CI.
 Write a figure with :func:`save_figure` (PNG) or get its bytes with :func:`to_png`
 (``IPython.display.Image(data=to_png(fig))`` shows it in a notebook). The numbers
-behind each figure come from :mod:`jaxcheck.monitor` and :mod:`jaxcheck.sanity`.
+behind each figure come from the other modules of :mod:`jaxcheck.training`.
 
 matplotlib is an optional dependency: ``pip install jaxcheck[plots]``.
 """
@@ -19,8 +19,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcheck import monitor as _monitor
-from jaxcheck import sanity as _sanity
+from jaxcheck.training.activations import ActivationReport
+from jaxcheck.training.curves import LossCurveDiagnosis, diagnose_loss_curve
+from jaxcheck.training.first_layer import FirstLayerReport, first_layer_tiles
+from jaxcheck.training.monitor import TrainingMonitor
+from jaxcheck.training.overfit import OverfitResult
+from jaxcheck.training.sanity import RegularizationResult
+from jaxcheck.training.updates import check_update_ratios
 
 __all__ = [
     "plot_loss",
@@ -39,8 +44,8 @@ Figure = Any  # matplotlib.figure.Figure; imported lazily.
 Axes = Any
 
 _PLOTS_HINT = (
-    "jaxcheck.plots needs matplotlib; install jaxcheck[plots] (or `pip install "
-    "matplotlib`)."
+    "jaxcheck.training.plots needs matplotlib; install jaxcheck[plots] "
+    "(or `pip install matplotlib`)."
 )
 _OK, _BAD, _NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
 
@@ -67,13 +72,13 @@ def _verdict_color(passed: bool) -> str:
     return _OK if passed else _BAD
 
 
-def _loss_diagnosis(source: Any, steps_per_epoch: float) -> _monitor.LossCurveDiagnosis:
-    if isinstance(source, _monitor.LossCurveDiagnosis):
+def _loss_diagnosis(source: Any, steps_per_epoch: float) -> LossCurveDiagnosis:
+    if isinstance(source, LossCurveDiagnosis):
         return source
-    if isinstance(source, _monitor.TrainingMonitor):
+    if isinstance(source, TrainingMonitor):
         return source.loss_diagnosis()
     values = np.asarray(jax.device_get(source), dtype=np.float64)
-    return _monitor.diagnose_loss_curve(values, steps_per_epoch=steps_per_epoch)
+    return diagnose_loss_curve(values, steps_per_epoch=steps_per_epoch)
 
 
 def plot_loss(
@@ -87,8 +92,8 @@ def plot_loss(
     """The loss against epochs, raw and smoothed, titled with its diagnosis.
 
     Args:
-        source: A :class:`~jaxcheck.monitor.TrainingMonitor`, a
-            :class:`~jaxcheck.monitor.LossCurveDiagnosis`, or a sequence of losses.
+        source: A :class:`~jaxcheck.training.TrainingMonitor`, a
+            :class:`~jaxcheck.training.LossCurveDiagnosis`, or a sequence of losses.
         steps_per_epoch: Used only when ``source`` is a plain sequence.
         log_scale: Log y-axis (exponential progress then looks like a line).
         ax: Draw into these axes instead of a new figure.
@@ -129,8 +134,8 @@ def plot_accuracy(
     """Train and validation accuracy against epochs, with the gap shaded.
 
     Args:
-        source: A :class:`~jaxcheck.monitor.TrainingMonitor` or an
-            :class:`~jaxcheck.monitor.AccuracyDiagnosis`.
+        source: A :class:`~jaxcheck.training.TrainingMonitor` or an
+            :class:`~jaxcheck.training.AccuracyDiagnosis`.
         ax: Draw into these axes instead of a new figure.
         title: Title; default the diagnosis verdict.
 
@@ -142,15 +147,13 @@ def plot_accuracy(
         ImportError: If matplotlib is missing (``jaxcheck[plots]``).
 
     Examples:
-        >>> from jaxcheck.monitor import diagnose_accuracy
+        >>> from jaxcheck.training import diagnose_accuracy
         >>> fig = plot_accuracy(diagnose_accuracy([0.2, 0.8, 0.99], [0.2, 0.7, 0.8]))
         >>> fig.axes[0].get_title(loc="left")
         'accuracy: overfitting'
     """
     diag = (
-        source.accuracy_diagnosis()
-        if isinstance(source, _monitor.TrainingMonitor)
-        else source
+        source.accuracy_diagnosis() if isinstance(source, TrainingMonitor) else source
     )
     if diag is None:
         raise ValueError(
@@ -189,7 +192,7 @@ def plot_update_ratios(
     The band ``[target / 10, target * 10]`` is shaded and the target dashed.
 
     Args:
-        source: A :class:`~jaxcheck.monitor.TrainingMonitor`, or a mapping
+        source: A :class:`~jaxcheck.training.TrainingMonitor`, or a mapping
             ``{path: ratios}`` (one value per record, or one value).
         steps: Step of each record (mapping source); default ``0, 1, ...``.
         steps_per_epoch: x-axis in epochs; default the monitor's (or 1).
@@ -210,7 +213,7 @@ def plot_update_ratios(
         'log'
     """
     exclude: Sequence[str] = ()
-    if isinstance(source, _monitor.TrainingMonitor):
+    if isinstance(source, TrainingMonitor):
         step_arr, hist = source.update_history()
         spe = source.steps_per_epoch if steps_per_epoch is None else steps_per_epoch
         exclude = source.zero_init_leaves
@@ -228,7 +231,7 @@ def plot_update_ratios(
         )
     if not hist:
         raise ValueError("No update ratios to plot; record some updates first.")
-    report = _monitor.check_update_ratios(hist, target=target, exclude=exclude)
+    report = check_update_ratios(hist, target=target, exclude=exclude)
     fig, ax = _axes(ax, (6.5, 3.8))
     x = np.asarray(step_arr, dtype=np.float64) / float(spe)
     ax.axhspan(report.low, report.high, color=_OK, alpha=0.08, label="ok band")
@@ -253,16 +256,14 @@ def plot_update_ratios(
     return fig
 
 
-def plot_activation_stats(
-    report: _monitor.ActivationReport, *, max_layers: int = 8
-) -> Figure:
+def plot_activation_stats(report: ActivationReport, *, max_layers: int = 8) -> Figure:
     """Histograms of each recorded layer's activations (and gradients, if any).
 
     Layer titles are red where the layer has warnings (dead ReLUs, saturated or
     collapsed tanh/sigmoid, vanishing gradients).
 
     Args:
-        report: From :func:`jaxcheck.monitor.activation_stats`.
+        report: From :func:`jaxcheck.training.activation_stats`.
         max_layers: Draw at most this many layers (the first ones).
 
     Returns:
@@ -275,7 +276,7 @@ def plot_activation_stats(
 
     Examples:
         >>> import jax, jax.numpy as jnp
-        >>> from jaxcheck.monitor import activation_stats
+        >>> from jaxcheck.training import activation_stats
         >>> rep = activation_stats(lambda x: jnp.tanh(3 * x), jnp.linspace(-2, 2, 50))
         >>> len(plot_activation_stats(rep).axes)
         1
@@ -337,9 +338,9 @@ def plot_first_layer(
     """First-layer weights drawn as a grid of image tiles.
 
     Args:
-        source: A :class:`~jaxcheck.monitor.FirstLayerReport`, or a weight array
+        source: A :class:`~jaxcheck.training.FirstLayerReport`, or a weight array
             (then ``image_shape`` is needed for dense kernels; see
-            :func:`jaxcheck.monitor.first_layer_tiles`).
+            :func:`jaxcheck.training.first_layer_tiles`).
         image_shape: Shape of one input image, for a weight array.
         ax: Draw into these axes instead of a new figure.
         title: Title; default the verdict and roughness.
@@ -359,8 +360,8 @@ def plot_first_layer(
     """
     report = (
         source
-        if isinstance(source, _monitor.FirstLayerReport)
-        else _monitor.first_layer_tiles(source, image_shape=image_shape)
+        if isinstance(source, FirstLayerReport)
+        else first_layer_tiles(source, image_shape=image_shape)
     )
     fig, ax = _axes(ax, (5.0, 5.0))
     cmap = "gray" if report.grid.ndim == 2 else None
@@ -377,8 +378,8 @@ def plot_first_layer(
     return fig
 
 
-def plot_overfit(result: _sanity.OverfitResult, *, ax: Axes | None = None) -> Figure:
-    """The loss (log scale) and accuracy of :func:`jaxcheck.sanity.overfit_small_subset`.
+def plot_overfit(result: OverfitResult, *, ax: Axes | None = None) -> Figure:
+    """The loss (log scale) and accuracy of :func:`jaxcheck.training.overfit_small_subset`.
 
     Args:
         result: The overfit result.
@@ -391,7 +392,7 @@ def plot_overfit(result: _sanity.OverfitResult, *, ax: Axes | None = None) -> Fi
         ImportError: If matplotlib is missing (``jaxcheck[plots]``).
 
     Examples:
-        >>> from jaxcheck.sanity import OverfitResult
+        >>> from jaxcheck.training import OverfitResult
         >>> r = OverfitResult(True, 20, 2, 2.3, 0.01, 1.0, (2.3, 0.5, 0.01),
         ...                   (0.1, 0.6, 1.0), 0.023, 1.0, "ok")
         >>> len(plot_overfit(r).axes)
@@ -426,12 +427,12 @@ def plot_overfit(result: _sanity.OverfitResult, *, ax: Axes | None = None) -> Fi
 
 
 def plot_regularization(
-    result: _sanity.RegularizationResult, *, ax: Axes | None = None
+    result: RegularizationResult, *, ax: Axes | None = None
 ) -> Figure:
     """The loss against the regularization strength (symlog x-axis).
 
     Args:
-        result: From :func:`jaxcheck.sanity.check_regularization_raises_loss`.
+        result: From :func:`jaxcheck.training.check_regularization_raises_loss`.
         ax: Draw into these axes instead of a new figure.
 
     Returns:
@@ -441,7 +442,7 @@ def plot_regularization(
         ImportError: If matplotlib is missing (``jaxcheck[plots]``).
 
     Examples:
-        >>> from jaxcheck.sanity import RegularizationResult
+        >>> from jaxcheck.training import RegularizationResult
         >>> r = RegularizationResult(True, (0.0, 0.1, 1.0), (2.3, 2.5, 4.0), "ok")
         >>> plot_regularization(r).axes[0].get_xscale()
         'symlog'
@@ -462,10 +463,8 @@ def plot_regularization(
     return fig
 
 
-def plot_monitor(
-    monitor: _monitor.TrainingMonitor, *, log_scale: bool = True
-) -> Figure:
-    """A dashboard of a :class:`~jaxcheck.monitor.TrainingMonitor`: loss, accuracy
+def plot_monitor(monitor: TrainingMonitor, *, log_scale: bool = True) -> Figure:
+    """A dashboard of a :class:`~jaxcheck.training.TrainingMonitor`: loss, accuracy
     and update ratios side by side (panels without records are left out).
 
     Args:
@@ -480,7 +479,7 @@ def plot_monitor(
         ImportError: If matplotlib is missing (``jaxcheck[plots]``).
 
     Examples:
-        >>> from jaxcheck.monitor import TrainingMonitor
+        >>> from jaxcheck.training import TrainingMonitor
         >>> mon = TrainingMonitor(steps_per_epoch=10)
         >>> for k in range(40):
         ...     mon.record_loss(k, 2.3 * 0.9**k)

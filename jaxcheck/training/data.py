@@ -3,8 +3,8 @@
 The digits (1797 grey-scale 8x8 images of the digits 0-9, pixel values 0-16) ship
 inside the scikit-learn wheel, so loading them never touches the network. They are
 small enough that a whole training run fits in a few seconds on a laptop CPU, yet
-real enough that the sanity checks and monitors in :mod:`jaxcheck.sanity` and
-:mod:`jaxcheck.monitor` behave as they do on larger problems.
+real enough that the sanity checks and monitors of :mod:`jaxcheck.training`
+behave as they do on larger problems.
 
 scikit-learn is an optional dependency: ``pip install jaxcheck[data]``.
 """
@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["Digits", "load_digits"]
 
 _INSTALL_HINT = (
-    "jaxcheck.data needs scikit-learn for its bundled 8x8 digits data set; "
+    "jaxcheck.training.data needs scikit-learn for its bundled 8x8 digits data set; "
     "install jaxcheck[data] (or `pip install scikit-learn`)."
 )
 
@@ -107,7 +107,7 @@ def load_digits(
         ValueError: If ``val_fraction`` is not strictly between 0 and 1.
 
     Examples:
-        >>> from jaxcheck.data import load_digits
+        >>> from jaxcheck.training import load_digits
         >>> d = load_digits(val_fraction=0.25, seed=0)
         >>> d.x_train.shape, d.x_val.shape, d.num_classes
         ((1348, 64), (449, 64), 10)
