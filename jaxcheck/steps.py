@@ -586,7 +586,7 @@ def plot_step_sweep(
       ImportError: if matplotlib is not installed.
 
     Examples:
-      >>> from jaxcheck.check import step_sweep
+      >>> from jaxcheck import step_sweep
       >>> sweep = step_sweep(lambda w: jnp.sum(jnp.sin(w)), jnp.ones(3))
       >>> ax = plot_step_sweep(sweep)
       >>> ax.get_xscale(), ax.get_yscale()

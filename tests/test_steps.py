@@ -11,7 +11,7 @@ import pytest
 
 import jaxcheck
 from jaxcheck import compare, steps
-from jaxcheck.check import step_sweep
+from jaxcheck import step_sweep
 
 
 def _x64(a):
