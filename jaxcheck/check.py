@@ -72,7 +72,10 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
                 "`pip install 'jaxcheck[progress]'`."
             ) from None
         return None
-    return tqdm(total=total, unit="row", desc="jaxcheck", leave=False)
+    return tqdm(
+        total=total, unit="coord", desc="jaxcheck", leave=False, mininterval=0,
+        miniters=1,
+    )  # fmt: skip
 
 
 def _match_grads(grads: PyTree, point: Point, grad_name: str) -> list[np.ndarray]:
@@ -113,6 +116,23 @@ def _match_grads(grads: PyTree, point: Point, grad_name: str) -> list[np.ndarray
     return out
 
 
+class _Progress:
+    """Turns the rows each call finished into coordinates on a progress bar
+    (the first row is the point itself)."""
+
+    def __init__(self, bar: Any, total: int):
+        self.bar, self.total, self.rows, self.shown = bar, total, 0, 0
+
+    def __call__(self, rows_done: int) -> None:
+        if self.bar is None:
+            return
+        self.rows += rows_done
+        now = min(self.total, max(0, self.rows - 1))
+        if now > self.shown:
+            self.bar.update(now - self.shown)
+            self.shown = now
+
+
 class _Check:
     """One run of :func:`check_grads` (see the module docstring)."""
 
@@ -136,6 +156,7 @@ class _Check:
             else int(opts.seed)
         )
         self.notes: list[str] = []
+        self.stopped = False  # Ctrl-C in the main pass
 
     # ------------------------------------------------------------ precision
     def precision(self, grad_dtypes: list[Any]) -> None:
@@ -177,9 +198,11 @@ class _Check:
                 f"`grad_fn` returns {names}: its own round-off is about {eps_g:.0e} "
                 f"relative, so the bar is set for {names}."
             )
+        kinks_text = analysis.summary() if (analysis.has_kinks and opts.rtol) else None
         self.bar = compare.choose_bar(
-            opts.rtol, opts.noise_factor, low_precision=low_info, depth=analysis.depth
-        )
+            opts.rtol, opts.noise_factor, kinks=kinks_text, low_precision=low_info,
+            depth=analysis.depth,
+        )  # fmt: skip
         if (
             opts.method == "forward"
             and opts.rtol is None
@@ -192,7 +215,31 @@ class _Check:
                 "tighter check)",
                 self.bar.noise_factor,
             )
+        if analysis.sites and opts.track_kinks and opts.rtol is None:
+            self.bar = compare.Bar(
+                self.bar.rtol,
+                self.bar.reason + "; a coordinate whose step crosses a kink (a "
+                f"winner of {analysis.summary()} changes) is judged at "
+                f"{max(self.bar.rtol, compare.KINK_RTOL):g}, the notes' bar for "
+                "objectives with kinks",
+                self.bar.noise_factor,
+            )
         self.leaf_bars = [self._leaf_bar(k) for k in range(len(point.leaves))]
+        loose = [
+            leaf.path
+            for leaf, bar in zip(point.leaves, self.leaf_bars, strict=True)
+            if bar > self.bar.rtol
+        ]
+        if loose:
+            why = "tracking is off" if not opts.track_kinks else "jaxcheck cannot see"
+            self.bar = compare.Bar(
+                max(self.leaf_bars),
+                self.bar.reason
+                + f"; {', '.join(loose)}: the notes' bar for objectives "
+                f"with kinks ({compare.KINK_RTOL:g}), since they feed kink-capable "
+                f"primitives whose winners {why} ({analysis.summary()})",
+                self.bar.noise_factor,
+            )
 
     def _leaf_bar(self, k: int) -> float:
         """A leaf whose kinks cannot be seen (untracked or opaque primitives, or
@@ -440,7 +487,10 @@ class _Check:
             return res, where, np.ones(len(self.x), dtype=bool)
         except cluster.Interrupted as stop:
             res = stop.done[0]
-            if len(res.dense) == 0 or not math.isfinite(res.value):
+            self.stopped = True
+            if len(res.dense) == 0 or (
+                self.grad_fn is None and (res.grads is None or not res.grads)
+            ):
                 raise KeyboardInterrupt from None
         done_rows = [len(res.dense)] + [len(v) for v, _, _ in res.prop]
         finished = where[:, 1] + M <= np.asarray(done_rows)[where[:, 0]]
@@ -458,7 +508,7 @@ class _Check:
         M = len(mults)
         s = judge.State(
             a=self.a[keep], x=self.x[keep], h=self.h[keep],
-            bar=np.asarray(self.leaf_bars)[self.leaf_of[keep]],
+            bar=np.asarray(self.leaf_bars)[self.leaf_of[keep]], group=self.leaf_of[keep],
         )  # fmt: skip
         n = len(s.a)
         fp, fm = np.empty((n, M)), np.empty((n, M))
@@ -494,6 +544,7 @@ class _Check:
         judge.main_pass(
             s, opts.method, self.f0, fp, fm, off_p, off_m, self.eps_f,
             self.bar.noise_factor, crossed if program.layout.tracked else None,
+            kink_bar=compare.KINK_RTOL if opts.rtol is None else opts.rtol,
         )  # fmt: skip
         return s
 
@@ -571,7 +622,7 @@ class _Check:
         total = int(len(self.x) * len(steps.multipliers(opts.method)))
         bar_ui = _progress_bar(total, opts.progress)
         try:
-            res, where, keep = self.run_main(None if bar_ui is None else bar_ui.update)
+            res, where, keep = self.run_main(_Progress(bar_ui, total))
         finally:
             if bar_ui is not None:
                 bar_ui.close()
@@ -650,6 +701,9 @@ class _Check:
             num_selected=selected, interrupted=len(mine) < selected,
             num_inconclusive=int((code == compare.INCONCLUSIVE).sum()),
             rtol=float(self.leaf_bars[k]),
+            main_rel_error=_max_finite(
+                s.rel_main[mine][(s.kink[mine] == "") & np.isfinite(s.rel_main[mine])]
+            ),
         )  # fmt: skip
 
     def _chunk_of(self, k: int) -> int:
@@ -660,26 +714,23 @@ class _Check:
 
     def report(self, s: judge.State, keep: np.ndarray) -> GradCheckReport:
         point, opts = self.point, self.opts
-        leaves, interrupted = [], []
+        leaves, partial, unchecked = [], [], []
         for k, leaf in enumerate(point.leaves):
             r = self.leaf_report(k, s, keep)
             if r is None:
-                interrupted.append(leaf.path)
+                unchecked.append(leaf.path)
                 continue
             leaves.append(r)
             if r.interrupted:
-                interrupted.append(leaf.path)
+                partial.append(r)
         if not leaves:
             raise KeyboardInterrupt
         notes = _notes(self, leaves, s)
-        if interrupted:
-            notes.insert(
-                0,
-                "interrupted (Ctrl-C): the leaves "
-                + ", ".join(interrupted)
-                + " were not finished; the report covers only the coordinates "
-                "checked (judged above) and does not pass.",
-            )
+        interrupted = [r.path for r in partial] + unchecked
+        if self.stopped:
+            notes.insert(0, _interrupted_note(partial, unchecked))
+            if not interrupted:  # Ctrl-C after the last evaluation
+                interrupted = [r.path for r in leaves]
         noise = [r.noise for r in leaves if math.isfinite(r.noise)]
         return GradCheckReport(
             leaves=tuple(leaves), skipped=point.skipped, rtol=self.bar.rtol,
@@ -699,6 +750,29 @@ class _Check:
             compilation={**self.compile_counts, **{k: round(v, 4) for k, v in self.times.items()}},
             seed=self.seed,
         )  # fmt: skip
+
+
+def _interrupted_note(partial: list[LeafReport], unchecked: list[str]) -> str:
+    if not partial and not unchecked:
+        return (
+            "interrupted (Ctrl-C) after the last evaluation: every coordinate was "
+            "evaluated and is judged above, but the check stopped there and does "
+            "not pass."
+        )
+    cut = "".join(
+        f"{r.path} was stopped after {r.num_checked:,} of its {r.num_selected:,} "
+        "coordinates (those are judged above); "
+        for r in partial
+    )
+    rest = f"the leaves {', '.join(unchecked)} were not checked; " if unchecked else ""
+    return (
+        f"interrupted (Ctrl-C): {cut}{rest}the report covers only what was checked "
+        "and does not pass."
+    )
+
+
+def _max_finite(values: np.ndarray) -> float:
+    return float(values.max()) if len(values) else math.nan
 
 
 def _notes(check: _Check, leaves: list[LeafReport], s: judge.State) -> list[str]:
@@ -944,7 +1018,8 @@ def check_grads(
       the one-sided derivatives 0 and 1.
 
       >>> r = jaxcheck.check_grads(lambda w: jnp.sum(jax.nn.relu(w)), jnp.zeros(3))
-      >>> r.passed, r.num_kink, r.leaves[0].kinks[0].lo, r.leaves[0].kinks[0].hi
+      >>> kink = r.leaves[0].kinks[0]
+      >>> r.passed, r.num_kink, round(kink.lo, 9), round(kink.hi, 9)
       (True, 3, 0.0, 1.0)
     """
     validate_callables(f, grad_fn)

@@ -79,6 +79,8 @@ class Point:
       out_dtype: the dtype ``f`` returns.
       key: the structural key (a hex digest) of the jaxprs and input shapes.
       rebuild: ``dyn -> (params, args)``, the user's trees.
+      host_callbacks: whether ``f`` calls back into Python (its programs are
+        then never kept on disk).
     """
 
     f: Callable[..., Any]
@@ -93,6 +95,7 @@ class Point:
     out_dtype: Any
     key: str
     rebuild: Callable[[Sequence[Any]], tuple[PyTree, tuple]]
+    host_callbacks: bool = False
 
     @property
     def size(self) -> int:
@@ -201,6 +204,24 @@ def _literals(jaxpr: Any, out: list) -> None:
             _literals(sub, out)
 
 
+def has_host_callbacks(jaxpr: Any) -> bool:
+    """Whether ``jaxpr`` (or a jaxpr inside it) calls back into Python
+    (``jax.pure_callback``, ``io_callback``, ``jax.debug.print``...): a compiled
+    program that does refers to this process's callbacks, so it is never kept
+    on disk.
+
+    Examples:
+      >>> has_host_callbacks(jax.make_jaxpr(jnp.sin)(1.0).jaxpr)
+      False
+    """
+    for eqn in jaxpr.eqns:
+        if any("callback" in key for key in eqn.params):
+            return True
+        if any(has_host_callbacks(sub) for sub in jcore.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
 def _avals(xs: Sequence[Any]) -> str:
     return ";".join(
         f"{tuple(np.shape(x))}:{jnp.result_type(x)}"
@@ -261,7 +282,7 @@ def prepare(
         entries.
 
     Examples:
-      >>> p = prepare(lambda w, x: jnp.sum(w * x), {"w": jnp.ones(3)}, (2.0,),
+      >>> p = prepare(lambda p, x: jnp.sum(p["w"] * x), {"w": jnp.ones(3)}, (2.0,),
       ...             jnp.float32)
       >>> [leaf.path for leaf in p.leaves], len(p.dyn), p.size
       (["['w']"], 1, 3)
@@ -334,6 +355,7 @@ def prepare(
         f=f, infos=infos, leaves=leaves, skipped=skipped, dyn=dyn,
         num_dyn_params=num_dyn_params, dtype=np_dtype, primal=primal, grad=grad,
         out_dtype=primal.out_avals[0].dtype, key=key, rebuild=rebuild,
+        host_callbacks=has_host_callbacks(primal.jaxpr),
     )  # fmt: skip
 
 

@@ -63,6 +63,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun if n == 1 else plural}"
 
 
+def _unresolved_title(leaf: LeafReport) -> str:
+    if leaf.num_untestable and leaf.num_inconclusive:
+        return "untestable and inconclusive"
+    return "untestable" if leaf.num_untestable else "inconclusive"
+
+
 def _fmt_val(x: float) -> str:
     return f"{x:+.6e}"
 
@@ -174,6 +180,9 @@ class LeafReport:
       num_inconclusive: coordinates with no evidence either way (a kink that
         could not be measured, a finite difference that does not settle).
       rtol: the relative-error bar of this leaf.
+      main_rel_error: the largest relative error of the main pass (the chosen
+        method at the chosen step, before any follow-up), over the
+        coordinates that crossed no kink: what that method and step give.
     """
 
     path: str
@@ -203,6 +212,7 @@ class LeafReport:
     interrupted: bool = False
     num_inconclusive: int = 0
     rtol: float = math.nan
+    main_rel_error: float = math.nan
 
     @property
     def size(self) -> int:
@@ -377,6 +387,12 @@ class GradCheckReport:
         return max((leaf.max_rel_error for leaf in self.leaves), default=0.0)
 
     @property
+    def main_rel_error(self) -> float:
+        """The largest relative error of the main pass (see
+        :attr:`LeafReport.main_rel_error`)."""
+        return max((leaf.main_rel_error for leaf in self.leaves), default=math.nan)
+
+    @property
     def worst(self) -> tuple[str, CoordResult] | None:
         """``(leaf path, coordinate)`` of the worst coordinate overall."""
         best: tuple[str, CoordResult] | None = None
@@ -541,7 +557,7 @@ class GradCheckReport:
             for leaf in leaves:
                 if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
                     continue
-                title = "worst" if not leaf.passed else "unresolved"
+                title = "worst" if not leaf.passed else _unresolved_title(leaf)
                 lines.append(f"  {title} coordinates of {leaf.path}:")
                 for c in leaf.worst:
                     if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
@@ -618,7 +634,7 @@ class GradCheckReport:
         for leaf in self.leaves:
             if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
                 continue
-            title = "Worst" if not leaf.passed else "Unresolved"
+            title = "Worst" if not leaf.passed else _unresolved_title(leaf).capitalize()
             parts.append(
                 f"<p>{title} coordinates of <code>{esc(leaf.path)}</code>:</p><ul>"
             )

@@ -26,7 +26,9 @@ def test_a_constant_operand_of_a_boolean_op_does_not_crash(track_kinks):
     def f(x):
         return jnp.sum(jnp.where(jnp.logical_and(jnp.isfinite(x), True), x**2, 0.0))
 
-    report = jaxcheck.check_grads(f, jnp.array([0.5, -1.5, 2.0]), track_kinks=track_kinks)
+    report = jaxcheck.check_grads(
+        f, jnp.array([0.5, -1.5, 2.0]), track_kinks=track_kinks
+    )
     assert report.passed and report.num_ok == 3
 
 
@@ -42,7 +44,9 @@ def test_a_check_inside_jit_or_vmap_says_so_plainly():
 
 
 def test_seed_none_draws_a_seed_and_records_it():
-    report = jaxcheck.check_grads(lambda p: jnp.sum(p**3), jnp.ones(20), coords=3, seed=None)
+    report = jaxcheck.check_grads(
+        lambda p: jnp.sum(p**3), jnp.ones(20), coords=3, seed=None
+    )
     assert report.passed and report.num_checked == 3
     again = jaxcheck.check_grads(
         lambda p: jnp.sum(p**3), jnp.ones(20), coords=3, seed=report.seed
@@ -104,7 +108,9 @@ def _layer_norm(drop_eps: bool):
         c, inv = res
         y = c * inv
         n = c.shape[-1]
-        dh = inv * (g - g.mean(-1, keepdims=True) - y * (g * y).sum(-1, keepdims=True) / n)
+        dh = inv * (
+            g - g.mean(-1, keepdims=True) - y * (g * y).sum(-1, keepdims=True) / n
+        )
         return (dh,)
 
     norm.defvjp(fwd, bwd)
@@ -295,7 +301,9 @@ def test_misuse_gets_an_error_naming_the_argument():
 def test_no_warning_leaks_from_the_package():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = jaxcheck.check_grads(lambda w: jnp.sum(jnp.log(w)), jnp.array([1e-8, 1.0]))
+        report = jaxcheck.check_grads(
+            lambda w: jnp.sum(jnp.log(w)), jnp.array([1e-8, 1.0])
+        )
     assert report.num_wrong == 0
 
 

@@ -247,11 +247,12 @@ def load_executable(name: str) -> Any | None:
     return compiled
 
 
-def store_executable(name: str, compiled: Any) -> None:
-    """Keeps ``compiled`` on disk under ``name`` (atomically; best effort)."""
+def store_executable(name: str, compiled: Any, *, disk: bool = True) -> None:
+    """Counts a compilation and keeps ``compiled`` on disk under ``name``
+    (atomically; best effort; not when ``disk`` is False)."""
     _STATS["compiled"] += 1
     where = cache_dir()
-    if where is None:
+    if where is None or not disk:
         return
     try:
         from jax.experimental import serialize_executable as ser

@@ -67,7 +67,9 @@ class Interrupted(KeyboardInterrupt):
     """
 
     def __init__(self, done: tuple):
-        super().__init__(f"interrupted after {len(done[0])} rows")
+        first = done[0] if done else ()
+        rows = len(first) if hasattr(first, "__len__") else len(first.dense)
+        super().__init__(f"interrupted after {rows} rows")
         self.done = done
 
 

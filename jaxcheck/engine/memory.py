@@ -76,6 +76,7 @@ def bytes_per_coordinate(
       bytes, at least 16.
 
     Examples:
+      >>> from jaxcheck.engine.leaf import LeafFunction
       >>> fn = LeafFunction(lambda p: jnp.sum(p ** 2), jax.tree_util.tree_structure(0.0),
       ...                   1, {}, jax.tree_util.tree_structure(()), 0, {}, 0, (3,))
       >>> bytes_per_coordinate(fn, jnp.ones(3), [jnp.ones(3)], []) > 0
@@ -157,8 +158,8 @@ def choose_chunk_size(
     else:
         cap = MAX_CHUNK_ACCELERATOR
     chunk = int(min(fit, cap, max(num_coords, 1)))
-    # Round down to a power of two so that similar leaves share compilations,
-    # and up to a multiple of the devices the chunk is spread over.
+    # Round down to a power of two so that similar leaves share compilations;
+    # spread over several devices, every device gets a chunk of that size (the
+    # same computation, and the same numbers bit for bit, as on one device).
     chunk = 1 << (chunk.bit_length() - 1)
-    shards = num_shards()
-    return -(-chunk // shards) * shards
+    return chunk * num_shards()

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend import core as jcore
 
 from .. import kinks
 from .. import propagate as _propagate
@@ -174,6 +175,7 @@ class Program:
         self.lower_seconds = 0.0
         self.from_disk = False
         self.compiled: Any = None
+        self.on_disk = not point.host_callbacks
         self._build(point)
 
     # ------------------------------------------------------------- building
@@ -181,13 +183,19 @@ class Program:
         layout = self.layout
         primal = point.primal.jaxpr
         vg = point.grad.jaxpr if (layout.grad and point.grad is not None) else None
+        if point.host_callbacks and point.dtype == np.float64:
+            primal = _with_x64_callbacks(primal)
+            vg = None if vg is None else _with_x64_callbacks(vg)
         vg_avals = point.grad.out_avals if vg is not None else ()
         leaves = point.leaves
         sizes, offsets = self.sizes, [leaf.offset for leaf in leaves]
         shapes = [leaf.info.shape for leaf in leaves]
         sources = self.sources
         site_box: dict[str, Any] = {}
-        prop_fns = [leaf_function(point, b.leaf) for b in layout.prop]
+        prop_fns = [
+            JaxprLeaf(point.key, primal, leaves[b.leaf].input_pos, shapes[b.leaf])
+            for b in layout.prop
+        ]
         trackers = [
             kinks.winner_tracker(
                 fn,
@@ -263,10 +271,16 @@ class Program:
         args = self._place(self._example_args(consts_p, consts_g, dyn))
         with jax.enable_x64(self.dtype == np.float64):
             t0 = time.perf_counter()
-            lowered = jax.jit(self._fn).lower(*args)
+            self._jitted = jax.jit(self._fn)
+            lowered = self._jitted.lower(*args)
             self.lower_seconds = time.perf_counter() - t0
             self.sites = tuple(self._site_box.get("sites", ()))
             t0 = time.perf_counter()
+            if not self.on_disk:
+                # Compiled on the first call, by jit (see ``run``).
+                self.compiled = "jit"
+                _cache.store_executable(self.disk_key(), None, disk=False)
+                return
             compiled = _cache.load_executable(self.disk_key())
             if compiled is None:
                 compiled = lowered.compile(dict(self.layout.options) or None)
@@ -312,7 +326,12 @@ class Program:
              list(p_idx), list(p_step), [np.int32(n) for n in p_n])
         )  # fmt: skip
         with jax.enable_x64(self.dtype == np.float64):
-            out = jax.device_get(self.compiled(*args))
+            if self.on_disk:
+                out = jax.device_get(self.compiled(*args))
+            else:
+                # Host callbacks run on XLA's threads, where the thread-local
+                # float64 setting of the caller may not hold: let jit dispatch.
+                out = jax.device_get(self._jitted(*args))
         value, grads = float("nan"), None
         if "vg" in out:
             value = float(out["vg"][0])
@@ -342,6 +361,58 @@ class Program:
             dense=np.asarray(vals, np.float64).reshape(rows, 2),
             dense_words=words, dense_changed=changed, prop=prop,
         )  # fmt: skip
+
+
+class _X64Callback:
+    """A host callback that turns float64 on for the thread it runs on.
+
+    XLA may run a program's host callbacks on its own threads, where the
+    caller's ``jax.enable_x64`` (a thread-local setting) does not hold: JAX
+    would then turn a float64 result into float32 and refuse it. Inside a
+    float64 check this wrapper enables float64 on that thread first (it stays
+    enabled there: XLA's threads run nothing but callbacks).
+    """
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        jax.enable_x64(True).__enter__()
+        return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fn, name)
+
+    def __hash__(self) -> int:
+        return hash((_X64Callback, self.fn))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _X64Callback) and other.fn == self.fn
+
+    def __repr__(self) -> str:
+        return f"x64({self.fn!r})"
+
+
+def _with_x64_callbacks(jaxpr: Any) -> Any:
+    """``jaxpr`` with every host callback wrapped in :class:`_X64Callback`."""
+
+    def param(value: Any) -> Any:
+        if isinstance(value, jcore.ClosedJaxpr):
+            return jcore.ClosedJaxpr(_with_x64_callbacks(value.jaxpr), value.consts)
+        if isinstance(value, jcore.Jaxpr):
+            return _with_x64_callbacks(value)
+        if isinstance(value, tuple):
+            return tuple(param(v) for v in value)
+        return value
+
+    eqns = []
+    for eqn in jaxpr.eqns:
+        params = {
+            k: _X64Callback(v) if "callback" in k and callable(v) else param(v)
+            for k, v in eqn.params.items()
+        }
+        eqns.append(eqn.replace(params=params))
+    return jaxpr.replace(eqns=eqns)
 
 
 def _chunks(row: Any, idx: jax.Array, delta: jax.Array, n: jax.Array) -> Any:

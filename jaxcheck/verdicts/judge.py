@@ -41,7 +41,15 @@ from typing import Any
 import numpy as np
 
 from .. import steps as stencils
-from ..compare import INCONCLUSIVE, KINK, OK, UNTESTABLE, WRONG, relative_error
+from ..compare import (
+    INCONCLUSIVE,
+    KINK,
+    KINK_RTOL,
+    OK,
+    UNTESTABLE,
+    WRONG,
+    relative_error,
+)
 
 #: Steps of the follow-up ladder, as multiples of the main step ``h``.
 LADDER: tuple[float, ...] = (1e4, 1e3, 1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3)
@@ -56,6 +64,8 @@ STAGE1_LADDER: tuple[float, ...] = (1e1, 1.0, 1e-1)
 STAGE1_MULTS: tuple[int, ...] = (1, 2)
 #: Points on each side of ``x`` for the noise estimate.
 NOISE_POINTS = 6
+#: In the quick stage, coordinates per leaf whose noise is measured.
+NOISE_SAMPLE = 16
 #: A disagreement is evidence when it exceeds this many error bounds.
 EVIDENCE = 2.0
 #: Standard deviations of round-off added to the spread of a pair of estimates.
@@ -83,6 +93,7 @@ class State:
       x: the coordinates' values.
       h: each coordinate's main step.
       bar: each coordinate's relative-error bar.
+      group: each coordinate's leaf (noise is shared within a leaf).
       code: the verdict codes (:data:`jaxcheck.compare.VERDICT_NAMES`).
       numeric: the estimate shown for each coordinate.
       rel: the relative error between ``a`` and ``numeric`` (raw).
@@ -105,6 +116,7 @@ class State:
     x: np.ndarray
     h: np.ndarray
     bar: np.ndarray
+    group: np.ndarray = None
     code: np.ndarray = None
     numeric: np.ndarray = None
     rel: np.ndarray = None
@@ -119,6 +131,7 @@ class State:
     f_minus: np.ndarray = None
     changed: np.ndarray = None
     flat: np.ndarray = None
+    rel_main: np.ndarray = None
 
     def __post_init__(self) -> None:
         n = len(self.a)
@@ -132,6 +145,8 @@ class State:
         self.kink = np.full(n, "", dtype=object)
         self.changed = np.zeros(n, dtype=np.int64)
         self.flat = np.zeros(n, dtype=bool)
+        if self.group is None:
+            self.group = np.zeros(n, dtype=np.int64)
 
 
 def main_pass(
@@ -145,16 +160,19 @@ def main_pass(
     eps: float,
     noise_factor: float,
     crossed: np.ndarray | None = None,
+    kink_bar: float = KINK_RTOL,
 ) -> None:
     """Judges the main pass: ``fp``, ``fm`` of shape ``(n, M)`` (``M``
     multiples of ``h`` of ``method``), their true offsets, and which
-    coordinates crossed a kink. Sets ``s.code`` and ``s.reason``."""
+    coordinates crossed a kink (their bar becomes at least ``kink_bar``, the
+    notes' bar for objectives with kinks). Sets ``s.code`` and ``s.reason``."""
     numeric, weight = stencils.estimate(method, f0, fp, fm, off_p, off_m)
     with np.errstate(invalid="ignore"):
         scale = np.maximum(np.maximum(np.abs(fp), np.abs(fm)).max(axis=1), abs(f0))
     noise = stencils.noise_allowance(weight, scale, eps, noise_factor)
     s.numeric = numeric
     s.rel = relative_error(s.a, numeric)
+    s.rel_main = s.rel.copy()
     s.f_plus, s.f_minus = fp[:, 0].copy(), fm[:, 0].copy()
     with np.errstate(invalid="ignore"):
         diff = np.abs(s.a - numeric)
@@ -166,6 +184,7 @@ def main_pass(
     s.reason[:] = np.where(ok, NONE, np.where(diff <= noise, ROUNDOFF, CONFIRM))
     s.code[s.reason == ROUNDOFF] = UNTESTABLE
     if crossed is not None:
+        s.bar[crossed] = np.maximum(s.bar[crossed], kink_bar)
         s.reason[crossed] = CROSSED
         s.code[crossed] = INCONCLUSIVE
     s.reason[~finite_f] = NONFINITE
@@ -201,7 +220,7 @@ def ladder_steps(x: float, h: float, stage: int = 2) -> np.ndarray:
     base = [h * m for m in factors if h * m <= cap * (1 + 1e-12)]
     if stage == 2 and 0 < abs(x) < 100 * h:
         base += [abs(x) * t for t in TINY_STEPS]
-    return np.array(sorted(set(base), reverse=True))
+    return np.array(sorted({float(f"{b:.12g}") for b in base}, reverse=True))
 
 
 def noise_line(x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -232,6 +251,9 @@ class Plan:
       deltas: ``(R, 2)`` offsets of the row's two points.
       steps: per followed-up coordinate, its ladder (largest first).
       first: per followed-up coordinate, its first row.
+      noisy: per followed-up coordinate, whether its rows end with a noise line
+        (always in stage 2; in stage 1 for up to :data:`NOISE_SAMPLE`
+        coordinates per leaf, whose median noise the others use).
     """
 
     sel: np.ndarray
@@ -240,6 +262,7 @@ class Plan:
     deltas: np.ndarray
     steps: list[np.ndarray]
     first: np.ndarray
+    noisy: np.ndarray = None
 
     @property
     def mults(self) -> tuple[int, ...]:
@@ -248,19 +271,24 @@ class Plan:
 
 def plan(s: State, sel: np.ndarray, stage: int = 2) -> Plan:
     """The follow-up rows of the coordinates ``sel``: for each ladder step
-    ``t``, the rows ``(+m t, -m t)`` for every multiple ``m``, then (stage 2)
-    the noise line ``(+k delta, -k delta)``."""
-    coord, deltas, ladders, first = [], [], [], []
+    ``t``, the rows ``(+m t, -m t)`` for every multiple ``m``, then the noise
+    line ``(+k delta, -k delta)`` (see :attr:`Plan.noisy`)."""
+    coord, deltas, ladders, first, noisy = [], [], [], [], []
     mults = np.asarray(STAGE1_MULTS if stage == 1 else MULTS, float)
     noise = noise_line(s.x[sel], s.h[sel])
+    seen: dict[int, int] = {}
     for q, i in enumerate(sel):
         t = ladder_steps(float(s.x[i]), float(s.h[i]), stage)
         ladders.append(t)
         first.append(len(coord))
         d = (t[:, None] * mults[None, :]).reshape(-1)
         rows = np.stack([d, -d], 1)
-        if stage == 2:
+        g = int(s.group[i])
+        with_noise = stage == 2 or seen.get(g, 0) < NOISE_SAMPLE
+        if with_noise:
+            seen[g] = seen.get(g, 0) + 1
             rows = np.concatenate([rows, noise[q]])
+        noisy.append(with_noise)
         deltas.append(rows)
         coord.extend([q] * len(rows))
     return Plan(
@@ -268,6 +296,7 @@ def plan(s: State, sel: np.ndarray, stage: int = 2) -> Plan:
         coord=np.asarray(coord, dtype=np.int64),
         deltas=np.concatenate(deltas) if deltas else np.zeros((0, 2)),
         steps=ladders, first=np.asarray(first, dtype=np.int64),
+        noisy=np.asarray(noisy, dtype=bool),
     )  # fmt: skip
 
 
@@ -299,7 +328,9 @@ def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
             continue
         spread = abs(e1.value - e2.value)
         margin = SD_MARGIN * e2.sd
-        converged = prev_spread is not None and spread <= prev_spread + margin
+        converged = spread <= margin or (
+            prev_spread is not None and spread <= prev_spread + margin
+        )
         prev_spread = spread
         where = f"h={e1.step:.0e} and h={e2.step:.0e}"
         if e2.kind != "central":
@@ -349,7 +380,7 @@ class _One:
         else:
             self.same_p = self.same_m = np.ones_like(self.plus, dtype=bool)
         self.sigma = math.nan
-        if self.final:
+        if p.noisy[q]:
             line = vals[k * M :]
             if self.tracked:
                 wl = words[k * M :]
@@ -362,6 +393,10 @@ class _One:
                 stencils.noise_from_rows(f0, line[None, :, 0], line[None, :, 1])[0]
             )
             self.sigma = sig if math.isfinite(sig) else 0.0
+            if 0 < self.changes < 3:
+                # A kink inside the noise line: its differences are not noise
+                # (the leaf's median is used instead).
+                self.sigma = math.nan
         self.chatter = self.changes >= 3
 
     def allow(self, weight: float, scale: float) -> float:
@@ -405,6 +440,8 @@ class _One:
                 scale = max(abs(p), abs(q), abs(self.f0))
                 cs.append((p - q) / span)
                 ws.append((2.0 / span, scale))
+                if any(abs(e.step - span / 2) <= 1e-9 * e.step for e in central):
+                    continue  # the same points as another rung
                 central.append(
                     _Estimate(
                         cs[-1], span / 2, self.allow(*ws[-1]), sd=self.sd(*ws[-1])
@@ -456,7 +493,12 @@ class _One:
 
     # -- verdicts -------------------------------------------------------------
     def set(self, code: int, numeric: float, step: float, text: str) -> None:
+        """Records a verdict. A coordinate whose main step crossed a kink and
+        that agrees now (at a step that avoids the kink, or as a subgradient)
+        is a kink: crossed, and excused with evidence."""
         s, i = self.s, self.i
+        if code == OK and s.reason[i] == CROSSED:
+            code = KINK
         s.code[i] = code
         if math.isfinite(numeric):
             s.numeric[i] = numeric
@@ -468,7 +510,7 @@ class _One:
         """Sets the verdict when there is evidence; returns whether it did (in
         stage 2 it always does)."""
         s, i, a = self.s, self.i, self.a
-        if self.final:
+        if math.isfinite(self.sigma):
             s.sigma[i] = self.sigma
         pairs = _all_pairs(self.families())
         if not math.isfinite(a) and self.final:
@@ -484,7 +526,11 @@ class _One:
         if agree is not None:
             e, where = agree
             note = " (decisions chatter at round-off level)" if self.chatter else ""
-            self.set(OK, e.value, e.step, f"agrees at {where}{note}")
+            if s.reason[i] == CROSSED and not self.chatter:
+                text = f"a smaller step avoids the kink: agrees at {where}"
+            else:
+                text = f"agrees at {where}{note}"
+            self.set(OK, e.value, e.step, text)
             return True
         converged = [p for p in pairs if p[3]]
         if converged:
@@ -492,10 +538,15 @@ class _One:
             if abs(a - e.value) > max(
                 EVIDENCE * b, self.bar * max(abs(a), abs(e.value))
             ):
+                pre = (
+                    "a smaller step avoids the kink and still disagrees: "
+                    if s.reason[i] == CROSSED and not self.chatter
+                    else ""
+                )
                 self.set(
                     WRONG, e.value, e.step,
-                    f"stable across steps ({where} agree to {b:.1e}) and differs by "
-                    f"{abs(a - e.value):.1e}",
+                    f"{pre}stable across steps ({where} agree to {b:.1e}) and "
+                    f"differs by {abs(a - e.value):.1e}",
                 )  # fmt: skip
                 return True
         if not self.final:
@@ -541,18 +592,22 @@ class _One:
         if not ests or any(abs(e.value) > e.allow for e in ests):
             return False
         top = ests[0]
+        crossed = self.s.reason[self.i] == CROSSED and not self.chatter
         if abs(self.a) > top.allow:
             return False
+        if top.step < self.s.h[self.i] and not crossed:
+            return False  # flat only at tiny steps: not evidence enough
         worst = max(abs(e.value) for e in ests)
         what = (
             "exact zero"
             if self.a == 0.0
             else f"zero within round-off (|a|={abs(self.a):.1e})"
         )
+        where = "a smaller step avoids the kink: " if crossed else ""
         self.set(
             OK, top.value, top.step,
-            f"{what}: f does not change along this coordinate beyond round-off at "
-            f"any step up to h={top.step:.0e} (|numeric| <= {worst:.1e})",
+            f"{where}{what}: f does not change along this coordinate beyond "
+            f"round-off at any step up to h={top.step:.0e} (|numeric| <= {worst:.1e})",
         )  # fmt: skip
         return True
 
@@ -594,7 +649,7 @@ class _One:
                     OK,
                     (lo + hi) / 2,
                     step,
-                    f"the one-sided derivatives agree ({sides})",
+                    f"one-sided derivatives ({sides}) agree and bracket it: a subgradient",
                 )
             elif len(found) == 2:
                 self.set(KINK, math.nan, step,
@@ -631,7 +686,10 @@ class _One:
             if not rel >= s.rel[i]:
                 s.numeric[i], s.rel[i], s.step[i] = closest.value, rel, closest.step
         noise = f", noise of f {self.sigma:.1e}" if self.sigma > 0 else ""
-        if reason == ROUNDOFF:
+        # Estimates that settle (a converged pair) but not within the bar: the
+        # precision of f, not a kink or a pole, is the limit: untestable.
+        settled = reason == CONFIRM and any(p[3] for p in pairs)
+        if reason == ROUNDOFF or settled:
             s.code[i] = UNTESTABLE
             limit = float(self.t[0]) if len(self.t) else float(s.h[i])
             near = [e for e in ests if abs(e.step - limit) <= 1e-9 * limit]
@@ -701,15 +759,35 @@ def follow_up(
     Returns the coordinates (indices into the state) still open after a
     stage-1 plan (always empty after stage 2)."""
     bounds = [*p.first.tolist(), len(p.coord)]
-    still = []
+    ones = []
     for q, i in enumerate(p.sel):
         lo, hi = bounds[q], bounds[q + 1]
-        one = _One(
-            s, int(i), p, q, values[lo:hi], None if words is None else words[lo:hi],
-            w0, f0, eps, noise_factor,
-        )  # fmt: skip
-        if not one.judge():
-            still.append(int(i))
+        ones.append(
+            _One(
+                s,
+                int(i),
+                p,
+                q,
+                values[lo:hi],
+                None if words is None else words[lo:hi],
+                w0,
+                f0,
+                eps,
+                noise_factor,
+            )  # fmt: skip
+        )
+    # Noise is a property of f more than of a coordinate: each coordinate uses
+    # at least its leaf's median (a tight noise line near 0 may see none).
+    by_group: dict[int, list[float]] = {}
+    for one in ones:
+        if math.isfinite(one.sigma):
+            by_group.setdefault(int(s.group[one.i]), []).append(one.sigma)
+    for one in ones:
+        got = by_group.get(int(s.group[one.i]))
+        if got:
+            median = float(np.median(got))
+            one.sigma = max(one.sigma, median) if math.isfinite(one.sigma) else median
+    still = [one.i for one in ones if not one.judge()]
     return np.asarray(still, dtype=np.int64)
 
 
