@@ -555,7 +555,7 @@ class _Check:
         quick = np.flatnonzero(s.reason == judge.CONFIRM)
         rest = np.flatnonzero(~np.isin(s.reason, (judge.NONE, judge.CONFIRM)))
         if len(quick):
-            p = judge.plan(s, quick, stage=1)
+            p = judge.plan(s, quick, stage=1, eps=self.eps_f)
             res = self.run_rows(gidx[p.sel][p.coord], p.deltas)
             still = judge.follow_up(
                 s, p, res.dense, res.dense_words, w0, self.f0, self.eps_f,
@@ -563,7 +563,7 @@ class _Check:
             )  # fmt: skip
             rest = np.sort(np.concatenate([rest, still]))
         if len(rest):
-            p = judge.plan(s, rest, stage=2)
+            p = judge.plan(s, rest, stage=2, eps=self.eps_f)
             res = self.run_rows(gidx[p.sel][p.coord], p.deltas)
             judge.follow_up(
                 s, p, res.dense, res.dense_words, w0, self.f0, self.eps_f,

@@ -59,8 +59,8 @@ TINY_STEPS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
 MAX_STEP = 0.1
 #: Multiples of each ladder step evaluated on both sides.
 MULTS: tuple[int, ...] = (1, 2, 3)
-#: The quick first stage of a follow-up: three steps, two multiples each.
-STAGE1_LADDER: tuple[float, ...] = (1e1, 1.0, 1e-1)
+#: The quick first stage of a follow-up: five steps, two multiples each.
+STAGE1_LADDER: tuple[float, ...] = (1e1, 1.0, 1e-1, 1e-2, 1e-3)
 STAGE1_MULTS: tuple[int, ...] = (1, 2)
 #: Points on each side of ``x`` for the noise estimate.
 NOISE_POINTS = 6
@@ -212,7 +212,7 @@ def ladder_steps(x: float, h: float, stage: int = 2) -> np.ndarray:
       >>> ladder_steps(1e-8, 1e-5).min() < 1e-8  # steps relative to |x| too
       True
       >>> ladder_steps(0.5, 1e-5, stage=1).tolist()
-      [0.0001, 1e-05, 1e-06]
+      [0.0001, 1e-05, 1e-06, 1e-07, 1e-08]
     """
     # Never drop the main step itself (a low-precision step may exceed the cap).
     cap = max(MAX_STEP * max(1.0, abs(x)), h)
@@ -223,20 +223,30 @@ def ladder_steps(x: float, h: float, stage: int = 2) -> np.ndarray:
     return np.array(sorted({float(f"{b:.12g}") for b in base}, reverse=True))
 
 
-def noise_line(x: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Offsets ``+-k delta`` (``k = 1..6``) of the noise estimate: ``delta`` is a
-    tenth of the main step (so a low-precision ``f`` shows its rounding), and
-    less than ``|x| / 20`` near 0 (so the line does not cross a pole there).
+def noise_line(x: np.ndarray, h: np.ndarray, eps: float) -> np.ndarray:
+    """Offsets ``+-k delta`` (``k = 1..6``) of the two noise lines, shape
+    ``(n, 12, 2)``.
+
+    The first line has ``delta = h / 10`` (so a low-precision or cancelling
+    ``f`` shows its rounding as noise); the second ``delta = min(h / 10,
+    sqrt(eps) max(1, |x|))`` (so it stays inside the smooth neighbourhood of
+    ``x`` when something non-smooth, close eigenvalues or a kink, lies within
+    ``h``): the smaller of their estimates is the noise. Both stay below
+    ``|x| / 20`` near 0, so that they do not cross a pole there.
 
     Examples:
-      >>> noise_line(np.array([2.0]), np.array([1e-5]))[0, :2].tolist()
-      [[1e-06, -1e-06], [2e-06, -2e-06]]
+      >>> line = noise_line(np.array([2.0]), np.array([1e-5]), 2.0**-52)
+      >>> line.shape, line[0, 0].tolist()
+      ((1, 12, 2), [1e-06, -1e-06])
     """
     x, h = np.abs(np.asarray(x, float)), np.asarray(h, float)
-    delta = np.where((x > 0) & (x < h), np.minimum(h / 10, x / 20), h / 10)
     k = np.arange(1, NOISE_POINTS + 1, dtype=np.float64)
-    plus = delta[:, None] * k[None, :]
-    return np.stack([plus, -plus], axis=-1)
+    lines = []
+    for delta in (h / 10, np.minimum(h / 10, math.sqrt(eps) * np.maximum(1.0, x))):
+        delta = np.where((x > 0) & (x < 20 * delta), x / 20, delta)
+        plus = delta[:, None] * k[None, :]
+        lines.append(np.stack([plus, -plus], axis=-1))
+    return np.concatenate(lines, axis=1)
 
 
 @dataclasses.dataclass
@@ -269,13 +279,13 @@ class Plan:
         return STAGE1_MULTS if self.stage == 1 else MULTS
 
 
-def plan(s: State, sel: np.ndarray, stage: int = 2) -> Plan:
+def plan(s: State, sel: np.ndarray, stage: int = 2, eps: float = 2.0**-52) -> Plan:
     """The follow-up rows of the coordinates ``sel``: for each ladder step
     ``t``, the rows ``(+m t, -m t)`` for every multiple ``m``, then the noise
     line ``(+k delta, -k delta)`` (see :attr:`Plan.noisy`)."""
     coord, deltas, ladders, first, noisy = [], [], [], [], []
     mults = np.asarray(STAGE1_MULTS if stage == 1 else MULTS, float)
-    noise = noise_line(s.x[sel], s.h[sel])
+    noise = noise_line(s.x[sel], s.h[sel], eps)
     seen: dict[int, int] = {}
     for q, i in enumerate(sel):
         t = ladder_steps(float(s.x[i]), float(s.h[i]), stage)
@@ -307,6 +317,9 @@ class _Estimate:
     allow: float  # round-off allowance (absolute, conservative)
     kind: str = "central"
     sd: float = 0.0  # standard deviation of its round-off (absolute)
+    order: int = 2  # its truncation error is O(step**order)
+    across_zero: bool = False  # its points straddle 0 (where poles often are)
+    allow_lo: float = 0.0  # the allowance at the lowest plausible noise
 
 
 def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
@@ -321,17 +334,18 @@ def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
     small in absolute terms, does not beat the true, large derivative found at
     steps that avoid the pole)."""
     out = []
-    prev_spread = None
+    prev = None
     for e1, e2 in zip(ests[:-1], ests[1:], strict=True):
         if e1.step > 10.01 * e2.step:
-            prev_spread = None
+            prev = None
             continue
         spread = abs(e1.value - e2.value)
         margin = SD_MARGIN * e2.sd
-        converged = spread <= margin or (
-            prev_spread is not None and spread <= prev_spread + margin
-        )
-        prev_spread = spread
+        # In the asymptotic regime the spread of a pair is c (s1**p - s2**p) for
+        # an estimate of order p: the same c from pair to pair.
+        norm = spread / max(abs(e1.step**e2.order - e2.step**e2.order), 1e-300)
+        converged = spread <= margin or (prev is not None and norm <= 4.0 * prev)
+        prev = norm
         where = f"h={e1.step:.0e} and h={e2.step:.0e}"
         if e2.kind != "central":
             where += f" ({e2.kind})"
@@ -350,8 +364,12 @@ def _fmt(x: float) -> str:
     return f"{x:+.6e}"
 
 
-#: Richardson weights on the centered differences at ``s, 2s, 3s``.
-_RICHARDSON = {"4th order": (4 / 3, -1 / 3, 0.0), "6th order": (1.5, -0.6, 0.1)}
+#: Richardson weights on the centered differences at ``s, 2s, 3s``, and the
+#: order of the result.
+_RICHARDSON = {
+    "4th order": ((4 / 3, -1 / 3, 0.0), 4),
+    "6th order": ((1.5, -0.6, 0.1), 6),
+}
 
 
 class _One:
@@ -379,34 +397,48 @@ class _One:
             self.same_m = np.all(self.wm == w0, axis=-1)
         else:
             self.same_p = self.same_m = np.ones_like(self.plus, dtype=bool)
-        self.sigma = math.nan
+        self.sigma = self.sigma_lo = math.nan
         if p.noisy[q]:
-            line = vals[k * M :]
+            lines = vals[k * M :].reshape(2, NOISE_POINTS, 2)
             if self.tracked:
-                wl = words[k * M :]
+                wl = words[k * M : k * M + NOISE_POINTS]
                 ordered = [*wl[::-1, 1], w0, *wl[:, 0]]
                 self.changes = sum(
                     int(np.any(u != v))
                     for u, v in zip(ordered[:-1], ordered[1:], strict=True)
                 )
-            sig = float(
-                stencils.noise_from_rows(f0, line[None, :, 0], line[None, :, 1])[0]
+            # The wide line sees rounding that the narrow one may be too close
+            # to resolve; the narrow one stays inside a smooth neighbourhood
+            # the wide one may leave (its bound then shows the noise is small).
+            sig = stencils.noise_from_rows(f0, lines[:, :, 0], lines[:, :, 1])
+            bound = stencils.noise_from_rows(
+                f0, lines[:, :, 0], lines[:, :, 1], bound=True
             )
-            self.sigma = sig if math.isfinite(sig) else 0.0
+            sig = sig[np.isfinite(sig)]
+            self.sigma = float(sig.min()) if len(sig) else 0.0
+            self.sigma_lo = min(self.sigma, float(np.min(bound)))
             if 0 < self.changes < 3:
                 # A kink inside the noise line: its differences are not noise
                 # (the leaf's median is used instead).
                 self.sigma = math.nan
         self.chatter = self.changes >= 3
 
-    def allow(self, weight: float, scale: float) -> float:
+    def allow(self, weight: float, scale: float, low: bool = False) -> float:
         """The round-off allowance of an estimate: the measured noise of ``f``
-        (at least ``4 eps |f|``) in the follow-up, the model before."""
-        if math.isfinite(self.sigma):
-            noise = max(4.0 * self.eps * scale, stencils.NOISE_SIGMAS * self.sigma)
+        (at least ``4 eps |f|``) in the follow-up, the model before; with
+        ``low``, at the lowest noise the noise lines allow (a bound where the
+        estimate failed: see :func:`jaxcheck.steps.ecnoise`)."""
+        sigma = self.sigma_lo if low else self.sigma
+        if math.isfinite(sigma):
+            noise = max(4.0 * self.eps * scale, stencils.NOISE_SIGMAS * sigma)
         else:
             noise = self.nf * self.eps * scale
         return 0.5 * weight * noise
+
+    def _across_zero(self, reach: float) -> bool:
+        """Whether points ``x ± reach`` straddle 0 while ``x`` is not 0."""
+        x = abs(float(self.s.x[self.i]))
+        return 0 < x <= reach
 
     def sd(self, weight: float, scale: float) -> float:
         """The standard deviation of the round-off of an estimate whose values
@@ -444,12 +476,14 @@ class _One:
                     continue  # the same points as another rung
                 central.append(
                     _Estimate(
-                        cs[-1], span / 2, self.allow(*ws[-1]), sd=self.sd(*ws[-1])
+                        cs[-1], span / 2, self.allow(*ws[-1]), sd=self.sd(*ws[-1]),
+                        across_zero=self._across_zero(span / 2),
+                        allow_lo=self.allow(*ws[-1], low=True),
                     )
-                )
+                )  # fmt: skip
             if not ok:
                 continue
-            for name, coef in _RICHARDSON.items():
+            for name, (coef, order) in _RICHARDSON.items():
                 if len(cs) < 3 and coef[2]:
                     continue
                 value = sum(c * v for c, v in zip(coef, cs, strict=False))
@@ -457,7 +491,17 @@ class _One:
                     abs(c) * self.allow(*w) for c, w in zip(coef, ws, strict=False)
                 )
                 sd = sum(abs(c) * self.sd(*w) for c, w in zip(coef, ws, strict=False))
-                rich[name].append(_Estimate(value, float(self.t[k]), allow, name, sd))
+                low = sum(
+                    abs(c) * self.allow(*w, low=True)
+                    for c, w in zip(coef, ws, strict=False)
+                )
+                reach = float(self.t[k]) * (3 if coef[2] else 2)
+                rich[name].append(
+                    _Estimate(
+                        value, float(self.t[k]), allow, name, sd, order,
+                        self._across_zero(reach), low,
+                    )
+                )  # fmt: skip
         central.sort(key=lambda e: -e.step)
         self.central = central
         self.estimates = [central, *rich.values()]
@@ -532,23 +576,21 @@ class _One:
                 text = f"agrees at {where}{note}"
             self.set(OK, e.value, e.step, text)
             return True
-        converged = [p for p in pairs if p[3]]
-        if converged:
-            e, b, where, _ = converged[0]
-            if abs(a - e.value) > max(
-                EVIDENCE * b, self.bar * max(abs(a), abs(e.value))
-            ):
-                pre = (
-                    "a smaller step avoids the kink and still disagrees: "
-                    if s.reason[i] == CROSSED and not self.chatter
-                    else ""
-                )
-                self.set(
-                    WRONG, e.value, e.step,
-                    f"{pre}stable across steps ({where} agree to {b:.1e}) and "
-                    f"differs by {abs(a - e.value):.1e}",
-                )  # fmt: skip
-                return True
+        self.scale_dependent = None
+        decisive = self._decisive(pairs)
+        if decisive is not None:
+            e, b, where = decisive
+            pre = (
+                "a smaller step avoids the kink and still disagrees: "
+                if s.reason[i] == CROSSED and not self.chatter
+                else ""
+            )
+            self.set(
+                WRONG, e.value, e.step,
+                f"{pre}stable across steps ({where} agree to {b:.1e}) and "
+                f"differs by {abs(a - e.value):.1e}",
+            )  # fmt: skip
+            return True
         if not self.final:
             return False
         reason = int(s.reason[i])
@@ -559,6 +601,41 @@ class _One:
             return True
         self._unresolved(pairs)
         return True
+
+    def _decisive(self, pairs) -> tuple[_Estimate, float, str] | None:
+        """Evidence of a wrong value: the finest converged pair of estimates
+        whose bound is small against its disagreement with ``a``, provided that
+        every estimate at a smaller step agrees with it within its round-off
+        (a derivative that changes with the scale, as near close eigenvalues
+        or a pole, proves nothing at the larger steps)."""
+        a = self.a
+        for e, b, where, converged in sorted(pairs, key=lambda p: p[0].step):
+            # Steps across 0 (where gammaln, digamma, logit, cbrt... have their
+            # poles) are no evidence: smaller steps relative to |x| decide.
+            if not converged or e.across_zero:
+                continue
+            gap = abs(a - e.value)
+            if gap <= max(EVIDENCE * b, self.bar * max(abs(a), abs(e.value))):
+                continue
+            finer = [
+                f
+                for fam in self.estimates
+                for f in fam
+                if f.step < e.step
+                and abs(f.value - e.value) > EVIDENCE * (b + f.allow_lo)
+            ]
+            if finer:
+                self.scale_dependent = (e, min(finer, key=lambda f: f.step))
+                return None
+            # Report the most accurate estimate that agrees with this one.
+            same = [
+                p
+                for p in pairs
+                if p[3] and abs(p[0].value - e.value) <= EVIDENCE * (b + p[1])
+            ]
+            best = min(same, key=lambda p: p[1], default=(e, b, where, True))
+            return best[0], best[1], best[2]
+        return None
 
     def _agreeing(self, pairs) -> tuple[_Estimate, str] | None:
         """Evidence of agreement: a stable pair of estimates (bound within the
@@ -720,6 +797,15 @@ class _One:
             )
         elif not ests:
             s.resolution[i] = "undecided: f is not finite at the points of the ladder"
+        elif self.scale_dependent is not None:
+            big, small = self.scale_dependent
+            s.resolution[i] = (
+                "undecided: the finite difference depends on the step (it settles "
+                f"at {_fmt(big.value)} for h={big.step:.0e} and at "
+                f"{_fmt(small.value)} for h={small.step:.0e}): f is not smooth at "
+                "the scale of the larger steps (close eigenvalues or singular "
+                "values, a kink jaxcheck cannot see)" + best_note
+            )
         else:
             spread = ""
             if pairs:
@@ -787,6 +873,8 @@ def follow_up(
         if got:
             median = float(np.median(got))
             one.sigma = max(one.sigma, median) if math.isfinite(one.sigma) else median
+            if not math.isfinite(one.sigma_lo):
+                one.sigma_lo = one.sigma
     still = [one.i for one in ones if not one.judge()]
     return np.asarray(still, dtype=np.int64)
 
