@@ -55,10 +55,12 @@ def _root_find():
     """A 3-d root of ``y + 0.5 tanh(W y + b) - u = 0`` by Newton; loss
     ``sum(c * sin(y*)) + 0.1 sum(u**2)``.
 
-    Tolerance: Newton converges quadratically, so rtol = atol = 1e-10 leaves the
-    root within ~1e-20 (machine precision): the finite differences of jaxcheck
-    (step 1e-5) then see solver noise of ~1e-16 / 1e-5 = 1e-11, far below the
-    1e-7 bar. A loose tolerance (1e-6) would add up to 1e-6 / 1e-5 of noise.
+    Tolerance: rtol = atol = 1e-10. Newton converges quadratically: it stops
+    after 5 steps with a residual of ~5e-17 (round-off), and step-1e-5
+    differences of the loss then agree with the implicit gradient to 5e-11,
+    far below the 1e-7 bar. (Here even 1e-4 would reach round-off, since the
+    step that meets the tolerance squares the error; a linearly converging
+    solver needs the tight tolerance, see the least-squares case.)
 
     Bug: the implicit rule drops the minus sign of the adjoint (theta_bar =
     +J_theta^T lam). Every parameter of the residual is bad (relative size 2,
@@ -98,11 +100,11 @@ def _least_squares():
     ``w`` by Gauss-Newton; loss ``a*^2 + k* + d*`` of the solution.
 
     Tolerance: Gauss-Newton converges linearly on a fit that leaves residuals,
-    so rtol = atol = 1e-13 is needed for the solution to settle to round-off
-    (25 steps; the gradient of 0.5 |r|^2 is then ~3e-15): any solver error is
-    divided by the step 1e-5 in the finite differences. (LevenbergMarquardt
-    stalls on this fit with a gradient of ~1e-9 whatever its tolerance, which
-    puts ~1e-4 of noise into a step-1e-5 difference, so it is not used here.)
+    and any error left in the solution is divided by the step in a finite
+    difference. At rtol = atol = 1e-13 (25 steps, the gradient of 0.5 |r|^2
+    ~3e-15) step-1e-5 differences agree with the implicit gradient to 2e-9; at
+    1e-8 only to 8e-8 (at the 1e-7 bar), at 1e-6 to 1e-5. (LevenbergMarquardt
+    at 1e-13 leaves them 1e-4 apart on this fit, so it is not used here.)
 
     Bug: the hand-written implicit rule uses the Gauss-Newton Hessian ``J^T J``
     where the optimality condition ``J^T r = 0`` needs the full Hessian ``J^T J
@@ -204,9 +206,11 @@ def _lineax_cg():
     """``x = (M M^T + I)^-1 b`` by conjugate gradients on a positive definite
     operator; loss ``sum(c * x) + 0.5 |x|^2``.
 
-    Tolerance: CG at rtol = atol = 1e-12 (it terminates in 4 iterations on a 4x4
-    system, to round-off); a loose CG tolerance would be amplified by 1/step in
-    the finite differences.
+    Tolerance: CG at rtol = atol = 1e-12; on this 4x4 system (condition number
+    4) it stops after 5 iterations at a residual of ~4e-16, i.e. it solves to
+    round-off, so the finite differences see a smooth solution map. A larger
+    or worse-conditioned system at a loose tolerance would leave solver error
+    that the step of a finite difference amplifies.
 
     Bug: the operator is wrapped in ``lax.stop_gradient`` (a "constant
     preconditioner" that is not constant): bad leaf ['M'] (relative size 1, its
@@ -286,10 +290,12 @@ def _ode_recursive():
     """RecursiveCheckpointAdjoint differentiates the discrete solve exactly.
 
     Tolerance: a constant step (dt = 0.05, Tsit5, 20 steps) makes the solution a
-    smooth function of the parameters; an adaptive controller would not (diffrax
-    stops gradients through its step-size factors, so jax.grad would ignore how
-    the steps move, and the finite differences would see the accepted-step count
-    jump), so the check would compare two different things.
+    smooth function of the parameters, and this adjoint's gradient is exact for
+    it. An adaptive controller would not do: diffrax stops gradients through
+    its step-size factors, so jax.grad would ignore how the steps move while
+    the finite differences see them move (and the accepted-step count can
+    change between x - h and x + h): the check would compare two different
+    things, off by about the controller's tolerance divided by the step.
 
     Bug: the vector field's tanh has a custom_jvp with derivative ``1 - tanh``
     (not ``1 - tanh**2``). Bad leaves ['W'], ['b'] (relative sizes 0.7) and
