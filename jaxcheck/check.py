@@ -549,8 +549,9 @@ class _Check:
         return s
 
     def follow(self, s: judge.State, keep: np.ndarray, w0: Any) -> None:
-        """Follow-ups: a quick stage (three steps) for the coordinates outside
-        the bar, then the full ladder and the noise line for what is left."""
+        """Follow-ups: a quick stage (five steps) for the coordinates outside
+        the bar; then the full ladder and the noise lines for what is left;
+        then a deep ladder (down to ``1e-10 h``) for what is still open."""
         gidx = self.gidx[keep]
         quick = np.flatnonzero(s.reason == judge.CONFIRM)
         rest = np.flatnonzero(~np.isin(s.reason, (judge.NONE, judge.CONFIRM)))
@@ -562,10 +563,12 @@ class _Check:
                 self.bar.noise_factor,
             )  # fmt: skip
             rest = np.sort(np.concatenate([rest, still]))
-        if len(rest):
-            p = judge.plan(s, rest, stage=2, eps=self.eps_f)
+        for stage in (2, 3):
+            if not len(rest):
+                break
+            p = judge.plan(s, rest, stage=stage, eps=self.eps_f)
             res = self.run_rows(gidx[p.sel][p.coord], p.deltas)
-            judge.follow_up(
+            rest = judge.follow_up(
                 s, p, res.dense, res.dense_words, w0, self.f0, self.eps_f,
                 self.bar.noise_factor,
             )  # fmt: skip

@@ -61,6 +61,11 @@ MAX_STEP = 0.1
 MULTS: tuple[int, ...] = (1, 2, 3)
 #: The quick first stage of a follow-up: five steps, two multiples each.
 STAGE1_LADDER: tuple[float, ...] = (1e1, 1.0, 1e-1, 1e-2, 1e-3)
+#: The deep last stage, for what the full ladder leaves open: down to
+#: ``1e-10 h`` (near a pole, a tiny singular value or close eigenvalues only
+#: such steps stay on one smooth piece, and there the derivative is large
+#: enough for their round-off).
+DEEP_LADDER: tuple[float, ...] = LADDER + (1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
 STAGE1_MULTS: tuple[int, ...] = (1, 2)
 #: Points on each side of ``x`` for the noise estimate.
 NOISE_POINTS = 6
@@ -216,23 +221,29 @@ def ladder_steps(x: float, h: float, stage: int = 2) -> np.ndarray:
     """
     # Never drop the main step itself (a low-precision step may exceed the cap).
     cap = max(MAX_STEP * max(1.0, abs(x)), h)
-    factors = STAGE1_LADDER if stage == 1 else LADDER
+    factors = {1: STAGE1_LADDER, 2: LADDER}.get(stage, DEEP_LADDER)
     base = [h * m for m in factors if h * m <= cap * (1 + 1e-12)]
-    if stage == 2 and 0 < abs(x) < 100 * h:
+    if stage >= 2 and 0 < abs(x) < 100 * h:
         base += [abs(x) * t for t in TINY_STEPS]
+    # Steps too small to move x in float64 tell nothing.
+    floor = 64 * 2.0**-52 * max(abs(x), 1e-300)
+    base = [b for b in base if b > floor] or base[:1]
     return np.array(sorted({float(f"{b:.12g}") for b in base}, reverse=True))
 
 
-def noise_line(x: np.ndarray, h: np.ndarray, eps: float) -> np.ndarray:
-    """Offsets ``+-k delta`` (``k = 1..6``) of the two noise lines, shape
-    ``(n, 12, 2)``.
+def noise_line(
+    x: np.ndarray, h: np.ndarray, eps: float, deep: bool = False
+) -> np.ndarray:
+    """Offsets ``+-k delta`` (``k = 1..6``) of the noise lines, shape
+    ``(n, 6 L, 2)`` for ``L`` lines (2, or 3 when ``deep``).
 
     The first line has ``delta = h / 10`` (so a low-precision or cancelling
     ``f`` shows its rounding as noise); the second ``delta = min(h / 10,
     sqrt(eps) max(1, |x|))`` (so it stays inside the smooth neighbourhood of
     ``x`` when something non-smooth, close eigenvalues or a kink, lies within
-    ``h``): the smaller of their estimates is the noise. Both stay below
-    ``|x| / 20`` near 0, so that they do not cross a pole there.
+    ``h``); the deep one ``eps**(2/3) max(1, |x|)`` (next to a pole). The
+    smallest of their estimates is the noise. All stay below ``|x| / 20`` near
+    0, so that they do not cross a pole there.
 
     Examples:
       >>> line = noise_line(np.array([2.0]), np.array([1e-5]), 2.0**-52)
@@ -241,8 +252,12 @@ def noise_line(x: np.ndarray, h: np.ndarray, eps: float) -> np.ndarray:
     """
     x, h = np.abs(np.asarray(x, float)), np.asarray(h, float)
     k = np.arange(1, NOISE_POINTS + 1, dtype=np.float64)
+    scale = np.maximum(1.0, x)
+    deltas = [h / 10, np.minimum(h / 10, math.sqrt(eps) * scale)]
+    if deep:
+        deltas.append(np.minimum(h / 10, eps ** (2 / 3) * scale))
     lines = []
-    for delta in (h / 10, np.minimum(h / 10, math.sqrt(eps) * np.maximum(1.0, x))):
+    for delta in deltas:
         delta = np.where((x > 0) & (x < 20 * delta), x / 20, delta)
         plus = delta[:, None] * k[None, :]
         lines.append(np.stack([plus, -plus], axis=-1))
@@ -285,7 +300,7 @@ def plan(s: State, sel: np.ndarray, stage: int = 2, eps: float = 2.0**-52) -> Pl
     line ``(+k delta, -k delta)`` (see :attr:`Plan.noisy`)."""
     coord, deltas, ladders, first, noisy = [], [], [], [], []
     mults = np.asarray(STAGE1_MULTS if stage == 1 else MULTS, float)
-    noise = noise_line(s.x[sel], s.h[sel], eps)
+    noise = noise_line(s.x[sel], s.h[sel], eps, deep=stage >= 3)
     seen: dict[int, int] = {}
     for q, i in enumerate(sel):
         t = ladder_steps(float(s.x[i]), float(s.h[i]), stage)
@@ -294,7 +309,7 @@ def plan(s: State, sel: np.ndarray, stage: int = 2, eps: float = 2.0**-52) -> Pl
         d = (t[:, None] * mults[None, :]).reshape(-1)
         rows = np.stack([d, -d], 1)
         g = int(s.group[i])
-        with_noise = stage == 2 or seen.get(g, 0) < NOISE_SAMPLE
+        with_noise = stage >= 2 or seen.get(g, 0) < NOISE_SAMPLE
         if with_noise:
             seen[g] = seen.get(g, 0) + 1
             rows = np.concatenate([rows, noise[q]])
@@ -335,6 +350,7 @@ def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
     steps that avoid the pole)."""
     out = []
     prev = None
+    top = ests[0].step if ests else 1.0
     for e1, e2 in zip(ests[:-1], ests[1:], strict=True):
         if e1.step > 10.01 * e2.step:
             prev = None
@@ -342,8 +358,10 @@ def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
         spread = abs(e1.value - e2.value)
         margin = SD_MARGIN * e2.sd
         # In the asymptotic regime the spread of a pair is c (s1**p - s2**p) for
-        # an estimate of order p: the same c from pair to pair.
-        norm = spread / max(abs(e1.step**e2.order - e2.step**e2.order), 1e-300)
+        # an estimate of order p: the same c from pair to pair (steps relative
+        # to the family's largest, so that huge steps do not overflow).
+        span = (e1.step / top) ** e2.order - (e2.step / top) ** e2.order
+        norm = spread / max(abs(span), 1e-300)
         converged = spread <= margin or (prev is not None and norm <= 4.0 * prev)
         prev = norm
         where = f"h={e1.step:.0e} and h={e2.step:.0e}"
@@ -375,11 +393,14 @@ _RICHARDSON = {
 class _One:
     """The follow-up data of one coordinate, and its judgement."""
 
-    def __init__(self, s: State, i: int, p: Plan, q: int, vals, words, w0, f0, eps, nf):
+    def __init__(
+        self, s: State, i: int, p: Plan, q: int, vals, words, w0, f0, eps, nf, deltas
+    ):
         self.s, self.i, self.t = s, i, p.steps[q]
         self.a, self.bar, self.f0 = float(s.a[i]), float(s.bar[i]), f0
         self.eps, self.nf = eps, nf
-        self.final = p.stage == 2
+        self.final = p.stage >= 2
+        self.stage = p.stage
         mults = np.asarray(p.mults, float)
         k, M = len(self.t), len(mults)
         main = vals[: k * M].reshape(k, M, 2)
@@ -399,7 +420,7 @@ class _One:
             self.same_p = self.same_m = np.ones_like(self.plus, dtype=bool)
         self.sigma = self.sigma_lo = math.nan
         if p.noisy[q]:
-            lines = vals[k * M :].reshape(2, NOISE_POINTS, 2)
+            lines = vals[k * M :].reshape(-1, NOISE_POINTS, 2)
             if self.tracked:
                 wl = words[k * M : k * M + NOISE_POINTS]
                 ordered = [*wl[::-1, 1], w0, *wl[:, 0]]
@@ -414,9 +435,18 @@ class _One:
             bound = stencils.noise_from_rows(
                 f0, lines[:, :, 0], lines[:, :, 1], bound=True
             )
-            sig = sig[np.isfinite(sig)]
-            self.sigma = float(sig.min()) if len(sig) else 0.0
-            self.sigma_lo = min(self.sigma, float(np.min(bound)))
+            # A line along which f does not change at all although its slope
+            # should move it: f is quantized coarser than the line (a large
+            # sum that cancels, a low precision), and the line saw nothing.
+            spacing = np.abs(deltas[k * M :, 0]).reshape(-1, NOISE_POINTS)[:, -1]
+            blind = (sig == 0) & (
+                abs(self.a) * spacing > 4 * eps * max(abs(f0), 1e-300)
+            )
+            keep = np.isfinite(sig) & ~blind
+            self.sigma = float(sig[keep].min()) if keep.any() else 0.0
+            self.sigma_lo = min(
+                self.sigma, float(np.min(bound[~blind], initial=np.inf))
+            )
             if 0 < self.changes < 3:
                 # A kink inside the noise line: its differences are not noise
                 # (the leaf's median is used instead).
@@ -595,7 +625,10 @@ class _One:
             return False
         reason = int(s.reason[i])
         if (reason == CROSSED or not self.central) and self.tracked and self._kink():
-            return True
+            if s.code[i] != INCONCLUSIVE or self.stage >= 3:
+                return True
+        if self.stage == 2 and reason != ROUNDOFF:
+            return False  # the deep ladder may still decide
         if reason == NONFINITE and not self.central and not self._finite_somewhere():
             s.code[i] = DOMAIN
             return True
@@ -611,8 +644,9 @@ class _One:
         a = self.a
         for e, b, where, converged in sorted(pairs, key=lambda p: p[0].step):
             # Steps across 0 (where gammaln, digamma, logit, cbrt... have their
-            # poles) are no evidence: smaller steps relative to |x| decide.
-            if not converged or e.across_zero:
+            # poles) are no evidence in the quick stage: the full ladder adds
+            # steps relative to |x| that must then agree with them.
+            if not converged or (e.across_zero and self.stage == 1):
                 continue
             gap = abs(a - e.value)
             if gap <= max(EVIDENCE * b, self.bar * max(abs(a), abs(e.value))):
@@ -843,7 +877,7 @@ def follow_up(
     """Judges the follow-up of ``p.sel`` from the rows' values ``(R, 2)`` and,
     when tracked, their decision words ``(R, 2, S)`` and those at ``x``.
     Returns the coordinates (indices into the state) still open after a
-    stage-1 plan (always empty after stage 2)."""
+    stage-1 or stage-2 plan (always empty after stage 3)."""
     bounds = [*p.first.tolist(), len(p.coord)]
     ones = []
     for q, i in enumerate(p.sel):
@@ -860,6 +894,7 @@ def follow_up(
                 f0,
                 eps,
                 noise_factor,
+                p.deltas[lo:hi],
             )  # fmt: skip
         )
     # Noise is a property of f more than of a coordinate: each coordinate uses
