@@ -72,7 +72,11 @@ NOISE_POINTS = 6
 #: In the quick stage, coordinates per leaf whose noise is measured.
 NOISE_SAMPLE = 16
 #: A disagreement is evidence when it exceeds this many error bounds.
-EVIDENCE = 2.0
+EVIDENCE = 4.0
+#: ``f`` is undersampled where its measured noise is this fraction of its size:
+#: it changes across its whole range within the step (an oscillation at a huge
+#: argument), and no finite difference is evidence of a wrong value.
+UNDERSAMPLED = 1e-2
 #: Standard deviations of round-off added to the spread of a pair of estimates.
 SD_MARGIN = 4.0
 
@@ -419,6 +423,7 @@ class _One:
         else:
             self.same_p = self.same_m = np.ones_like(self.plus, dtype=bool)
         self.sigma = self.sigma_lo = math.nan
+        self.noise_ratio = math.nan
         if p.noisy[q]:
             lines = vals[k * M :].reshape(-1, NOISE_POINTS, 2)
             if self.tracked:
@@ -444,6 +449,9 @@ class _One:
             )
             keep = np.isfinite(sig) & ~blind
             self.sigma = float(sig[keep].min()) if keep.any() else 0.0
+            size = max(abs(f0), float(np.nanmax(np.abs(lines), initial=0.0)))
+            finest = sig[-1] if np.isfinite(sig[-1]) else bound[-1]
+            self.noise_ratio = float(finest / size) if size > 0 else 0.0
             self.sigma_lo = min(
                 self.sigma, float(np.min(bound[~blind], initial=np.inf))
             )
@@ -452,6 +460,10 @@ class _One:
                 # (the leaf's median is used instead).
                 self.sigma = math.nan
         self.chatter = self.changes >= 3
+
+    @property
+    def undersampled(self) -> bool:
+        return math.isfinite(self.noise_ratio) and self.noise_ratio >= UNDERSAMPLED
 
     def allow(self, weight: float, scale: float, low: bool = False) -> float:
         """The round-off allowance of an estimate: the measured noise of ``f``
@@ -642,6 +654,10 @@ class _One:
         (a derivative that changes with the scale, as near close eigenvalues
         or a pole, proves nothing at the larger steps)."""
         a = self.a
+        if self.undersampled:
+            return None
+        if self.stage == 1 and not self._one_plateau():
+            return None
         for e, b, where, converged in sorted(pairs, key=lambda p: p[0].step):
             # Steps across 0 (where gammaln, digamma, logit, cbrt... have their
             # poles) are no evidence in the quick stage: the full ladder adds
@@ -670,6 +686,17 @@ class _One:
             best = min(same, key=lambda p: p[1], default=(e, b, where, True))
             return best[0], best[1], best[2]
         return None
+
+    def _one_plateau(self) -> bool:
+        """The quick stage sees four decades of steps but not the finest ones:
+        it may call a value wrong only when every estimate it has, at every
+        step, agrees far better with the others than with ``a``."""
+        ests = [e for fam in self.estimates for e in fam]
+        if len(ests) < 3:
+            return False
+        values = [e.value for e in ests]
+        spread = max(values) - min(values) + max(e.allow for e in ests)
+        return all(abs(self.a - v) > EVIDENCE * spread for v in values)
 
     def _agreeing(self, pairs) -> tuple[_Estimate, str] | None:
         """Evidence of agreement: a stable pair of estimates (bound within the
@@ -831,6 +858,14 @@ class _One:
             )
         elif not ests:
             s.resolution[i] = "undecided: f is not finite at the points of the ladder"
+        elif self.undersampled:
+            s.code[i] = UNTESTABLE
+            s.resolution[i] = (
+                "f behaves like noise at every step float64 can take here (its "
+                f"noise is {self.noise_ratio:.0e} of its size: it changes across "
+                "its whole range within one step, e.g. an oscillation at a huge "
+                "argument), so no finite difference can test it" + best_note
+            )
         elif self.scale_dependent is not None:
             big, small = self.scale_dependent
             s.resolution[i] = (
@@ -910,6 +945,14 @@ def follow_up(
             one.sigma = max(one.sigma, median) if math.isfinite(one.sigma) else median
             if not math.isfinite(one.sigma_lo):
                 one.sigma_lo = one.sigma
+    ratios: dict[int, list[float]] = {}
+    for one in ones:
+        if math.isfinite(one.noise_ratio):
+            ratios.setdefault(int(s.group[one.i]), []).append(one.noise_ratio)
+    for one in ones:
+        got = ratios.get(int(s.group[one.i]))
+        if not math.isfinite(one.noise_ratio) and got:
+            one.noise_ratio = float(np.median(got))
     still = [one.i for one in ones if not one.judge()]
     return np.asarray(still, dtype=np.int64)
 
