@@ -73,6 +73,10 @@ NOISE_POINTS = 6
 NOISE_SAMPLE = 16
 #: A disagreement is evidence when it exceeds this many error bounds.
 EVIDENCE = 4.0
+#: A step is evidence only where ``|a| * step <= LINEARITY * max|f|`` over its
+#: points: beyond, ``a`` predicts a change ``f`` cannot make while staying
+#: near-linear (an oscillation across the step, a pole within it).
+LINEARITY = 10.0
 #: ``f`` is undersampled where its measured noise is this fraction of its size:
 #: it changes across its whole range within the step (an oscillation at a huge
 #: argument), and no finite difference is evidence of a wrong value.
@@ -117,8 +121,10 @@ class State:
       f_minus: ``f(x - h e_i)``.
       changed: decisions that changed between ``x - h`` and ``x + h``.
       flat: ok because ``f`` is flat along the coordinate and the analytic
-        value is zero (or below the finite difference's resolution): their
-        relative error compares round-off with round-off and means nothing.
+        value is zero (or at the round-off level of the gradient):
+        their relative error compares round-off with round-off and means
+        nothing.
+      gscale: the largest absolute analytic value of the check.
     """
 
     a: np.ndarray
@@ -141,6 +147,7 @@ class State:
     changed: np.ndarray = None
     flat: np.ndarray = None
     rel_main: np.ndarray = None
+    gscale: np.ndarray = None
 
     def __post_init__(self) -> None:
         n = len(self.a)
@@ -156,6 +163,10 @@ class State:
         self.flat = np.zeros(n, dtype=bool)
         if self.group is None:
             self.group = np.zeros(n, dtype=np.int64)
+        # The size of each coordinate's leaf's gradient (round-off is relative
+        # to it).
+        finite = np.where(np.isfinite(self.a), np.abs(self.a), 0.0)
+        self.gscale = np.full(n, finite.max(initial=0.0))
 
 
 def main_pass(
@@ -339,6 +350,8 @@ class _Estimate:
     order: int = 2  # its truncation error is O(step**order)
     across_zero: bool = False  # its points straddle 0 (where poles often are)
     allow_lo: float = 0.0  # the allowance at the lowest plausible noise
+    reach: float = 0.0  # the largest offset of its points
+    fmax: float = 0.0  # the largest |f| at its points
 
 
 def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
@@ -520,7 +533,8 @@ class _One:
                     _Estimate(
                         cs[-1], span / 2, self.allow(*ws[-1]), sd=self.sd(*ws[-1]),
                         across_zero=self._across_zero(span / 2),
-                        allow_lo=self.allow(*ws[-1], low=True),
+                        allow_lo=self.allow(*ws[-1], low=True), reach=span / 2,
+                        fmax=scale,
                     )
                 )  # fmt: skip
             if not ok:
@@ -541,7 +555,8 @@ class _One:
                 rich[name].append(
                     _Estimate(
                         value, float(self.t[k]), allow, name, sd, order,
-                        self._across_zero(reach), low,
+                        self._across_zero(reach), low, reach,
+                        max(w[1] for w in ws[: 3 if coef[2] else 2]),
                     )
                 )  # fmt: skip
         central.sort(key=lambda e: -e.step)
@@ -664,6 +679,11 @@ class _One:
             # steps relative to |x| that must then agree with them.
             if not converged or (e.across_zero and self.stage == 1):
                 continue
+            # Where ``a`` predicts a change over the step far larger than f
+            # itself, f cannot be near-linear there (an oscillation at a huge
+            # argument, a pole): the estimate is no evidence.
+            if abs(a) * e.reach > LINEARITY * max(e.fmax, abs(e.value) * e.reach):
+                continue
             gap = abs(a - e.value)
             if gap <= max(EVIDENCE * b, self.bar * max(abs(a), abs(e.value))):
                 continue
@@ -731,7 +751,19 @@ class _One:
             return False
         top = ests[0]
         crossed = self.s.reason[self.i] == CROSSED and not self.chatter
+        # Zero, or at the round-off level of the gradient (or of |f|); and f's
+        # noise at its round-off level (not a noisy f that hides everything).
+        x = abs(float(self.s.x[self.i]))
+        tiny = (
+            64
+            * self.eps
+            * max(float(self.s.gscale[self.i]), abs(self.f0) / max(1.0, x))
+        )
+        if abs(self.a) > max(tiny, 0.0) and self.a != 0.0:
+            return False
         if abs(self.a) > top.allow:
+            return False
+        if self.sigma > 64 * self.eps * max(e.fmax for e in ests):
             return False
         if top.step < self.s.h[self.i] and not crossed:
             return False  # flat only at tiny steps: not evidence enough
