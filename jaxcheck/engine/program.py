@@ -192,6 +192,10 @@ class Program:
         shapes = [leaf.info.shape for leaf in leaves]
         sources = self.sources
         site_box: dict[str, Any] = {}
+        # With host callbacks, no conditional and no loop of run-time length:
+        # XLA may run those on its own threads, where the caller's float64
+        # setting does not hold and JAX refuses the callbacks' float64 results.
+        simple = point.host_callbacks
         prop_fns = [
             JaxprLeaf(point.key, primal, leaves[b.leaf].input_pos, shapes[b.leaf])
             for b in layout.prop
@@ -219,7 +223,9 @@ class Program:
 
         def program(pc, gc, dyn, main, d_idx, d_delta, d_n, p_idx, p_step, p_n):
             out: dict[str, Any] = {}
-            if vg is not None:
+            if vg is not None and simple:
+                out["vg"] = jax.core.eval_jaxpr(vg, gc, *dyn)
+            elif vg is not None:
                 out["vg"] = lax.cond(
                     main,
                     lambda ops: jax.core.eval_jaxpr(vg, ops[0], *ops[1]),
@@ -239,12 +245,12 @@ class Program:
                 vb = jax.core.eval_jaxpr(primal, pc, *b)[0]
                 return jnp.stack([va, vb])
 
-            out["dense"] = _chunks(row, d_idx, d_delta, d_n)
+            out["dense"] = _chunks(row, d_idx, d_delta, d_n, simple)
             props = []
             for k, (blk, fn) in enumerate(zip(layout.prop, prop_fns, strict=True)):
                 x_flat = dyn[fn.leaf_pos].reshape(-1)
                 one = _prop_row(blk, fn, trackers[k], x_flat, dyn, pc)
-                props.append(_chunks(one, p_idx[k], p_step[k], p_n[k]))
+                props.append(_chunks(one, p_idx[k], p_step[k], p_n[k], simple))
             out["prop"] = props
             return out
 
@@ -401,8 +407,9 @@ def _with_x64_callbacks(jaxpr: Any) -> Any:
             return jcore.ClosedJaxpr(_with_x64_callbacks(value.jaxpr), value.consts)
         if isinstance(value, jcore.Jaxpr):
             return _with_x64_callbacks(value)
-        if isinstance(value, tuple):
-            return tuple(param(v) for v in value)
+        if type(value) is tuple:  # not a NamedTuple of settings
+            new = tuple(param(v) for v in value)
+            return value if all(a is b for a, b in zip(new, value)) else new
         return value
 
     eqns = []
@@ -415,10 +422,15 @@ def _with_x64_callbacks(jaxpr: Any) -> Any:
     return jaxpr.replace(eqns=eqns)
 
 
-def _chunks(row: Any, idx: jax.Array, delta: jax.Array, n: jax.Array) -> Any:
+def _chunks(
+    row: Any, idx: jax.Array, delta: jax.Array, n: jax.Array, every: bool = False
+) -> Any:
     """``row`` vmapped over each of the first ``n`` chunks of ``(idx, delta)``
     (shapes ``(chunks, chunk)`` and ``(chunks, chunk, ...)``), one chunk after
-    another; the outputs of the other chunks are zeros."""
+    another; the outputs of the other chunks are zeros. With ``every``, all
+    chunks are evaluated (a loop of fixed length)."""
+    if every:
+        return lax.map(lambda blk: jax.vmap(row)(*blk), (idx, delta))
     shapes = jax.eval_shape(jax.vmap(row), idx[0], delta[0])
     buf = jax.tree_util.tree_map(
         lambda s: jnp.zeros((idx.shape[0], *s.shape), s.dtype), shapes
