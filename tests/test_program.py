@@ -184,9 +184,9 @@ def test_programs_are_kept_on_disk_for_the_next_process(tmp_path):
 
     def run():
         out = subprocess.run(
-            [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-            check=True,
-        )  # fmt: skip
+            [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     first, second = run(), run()
@@ -199,3 +199,27 @@ def test_programs_are_kept_on_disk_for_the_next_process(tmp_path):
     assert second["callback"]["loaded"] == 0
     assert len(list(tmp_path.glob("*.jxc"))) == 1
     assert np.all([p.stat().st_size > 0 for p in tmp_path.glob("*.jxc")])
+
+
+def test_host_callbacks_see_float64_on_any_thread_and_the_setting_is_restored():
+    # XLA may run a program with host callbacks on a thread of its own, where
+    # the caller's thread-local float64 setting does not hold; the callback
+    # must still receive float64 arguments, and afterwards JAX's process-wide
+    # default must be what it was.
+    seen = []
+
+    def host(w):
+        seen.append(np.asarray(w).dtype)
+        return np.sin(w)
+
+    @jax.custom_jvp
+    def host_sin(w):
+        return jax.pure_callback(
+            host, jax.ShapeDtypeStruct(w.shape, w.dtype), w, vmap_method="sequential"
+        )
+
+    host_sin.defjvp(lambda p, t: (host_sin(p[0]), jnp.cos(p[0]) * t[0]))
+    report = jaxcheck.check_grads(lambda w: jnp.sum(host_sin(w)), np.linspace(0.1, 1, 3))
+    assert report.passed
+    assert seen and set(seen) == {np.dtype(np.float64)}
+    assert jnp.ones(2).dtype == jnp.float32  # the default was not changed for good

@@ -27,7 +27,9 @@ changed closed-over array is always seen. Programs are kept by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
 
 from .. import kinks
 from .. import propagate as _propagate
@@ -183,19 +184,12 @@ class Program:
         layout = self.layout
         primal = point.primal.jaxpr
         vg = point.grad.jaxpr if (layout.grad and point.grad is not None) else None
-        if point.host_callbacks and point.dtype == np.float64:
-            primal = _with_x64_callbacks(primal)
-            vg = None if vg is None else _with_x64_callbacks(vg)
         vg_avals = point.grad.out_avals if vg is not None else ()
         leaves = point.leaves
         sizes, offsets = self.sizes, [leaf.offset for leaf in leaves]
         shapes = [leaf.info.shape for leaf in leaves]
         sources = self.sources
         site_box: dict[str, Any] = {}
-        # With host callbacks, no conditional and no loop of run-time length:
-        # XLA may run those on its own threads, where the caller's float64
-        # setting does not hold and JAX refuses the callbacks' float64 results.
-        simple = point.host_callbacks
         prop_fns = [
             JaxprLeaf(point.key, primal, leaves[b.leaf].input_pos, shapes[b.leaf])
             for b in layout.prop
@@ -223,9 +217,7 @@ class Program:
 
         def program(pc, gc, dyn, main, d_idx, d_delta, d_n, p_idx, p_step, p_n):
             out: dict[str, Any] = {}
-            if vg is not None and simple:
-                out["vg"] = jax.core.eval_jaxpr(vg, gc, *dyn)
-            elif vg is not None:
+            if vg is not None:
                 out["vg"] = lax.cond(
                     main,
                     lambda ops: jax.core.eval_jaxpr(vg, ops[0], *ops[1]),
@@ -245,12 +237,12 @@ class Program:
                 vb = jax.core.eval_jaxpr(primal, pc, *b)[0]
                 return jnp.stack([va, vb])
 
-            out["dense"] = _chunks(row, d_idx, d_delta, d_n, simple)
+            out["dense"] = _chunks(row, d_idx, d_delta, d_n)
             props = []
             for k, (blk, fn) in enumerate(zip(layout.prop, prop_fns, strict=True)):
                 x_flat = dyn[fn.leaf_pos].reshape(-1)
                 one = _prop_row(blk, fn, trackers[k], x_flat, dyn, pc)
-                props.append(_chunks(one, p_idx[k], p_step[k], p_n[k], simple))
+                props.append(_chunks(one, p_idx[k], p_step[k], p_n[k]))
             out["prop"] = props
             return out
 
@@ -331,12 +323,11 @@ class Program:
             (consts_p, consts_g, dyn, np.bool_(main), d_idx, d_delta, np.int32(d_n),
              list(p_idx), list(p_step), [np.int32(n) for n in p_n])
         )  # fmt: skip
-        with jax.enable_x64(self.dtype == np.float64):
-            if self.on_disk:
+        if self.on_disk:
+            with jax.enable_x64(self.dtype == np.float64):
                 out = jax.device_get(self.compiled(*args))
-            else:
-                # Host callbacks run on XLA's threads, where the thread-local
-                # float64 setting of the caller may not hold: let jit dispatch.
+        else:
+            with _x64_everywhere(self.dtype == np.float64):
                 out = jax.device_get(self._jitted(*args))
         value, grads = float("nan"), None
         if "vg" in out:
@@ -369,68 +360,49 @@ class Program:
         )  # fmt: skip
 
 
-class _X64Callback:
-    """A host callback that turns float64 on for the thread it runs on.
+@contextlib.contextmanager
+def _x64_everywhere(on: bool) -> Any:
+    """Float64 on every thread for the duration of one call of a program with
+    host callbacks.
 
-    XLA may run a program's host callbacks on its own threads, where the
-    caller's ``jax.enable_x64`` (a thread-local setting) does not hold: JAX
-    would then turn a float64 result into float32 and refuse it. Inside a
-    float64 check this wrapper enables float64 on that thread first (it stays
-    enabled there: XLA's threads run nothing but callbacks).
+    XLA may run such a program, and so the callbacks, on threads of its own,
+    where the caller's ``jax.enable_x64`` (a thread-local setting) does not
+    hold: JAX would turn the callbacks' float64 arguments into float32 before
+    they reach the user's function and refuse its float64 results. So, for the
+    call only, float64 becomes JAX's process-wide default (other threads of the
+    process running JAX at that moment see it too), then the user's setting is
+    restored.
     """
-
-    def __init__(self, fn: Any):
-        self.fn = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        jax.enable_x64(True).__enter__()
-        return self.fn(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fn, name)
-
-    def __hash__(self) -> int:
-        return hash((_X64Callback, self.fn))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _X64Callback) and other.fn == self.fn
-
-    def __repr__(self) -> str:
-        return f"x64({self.fn!r})"
+    if not on or _global_x64():
+        with jax.enable_x64(on):
+            yield
+        return
+    jax.config.update("jax_enable_x64", True)
+    try:
+        with jax.enable_x64(True):
+            yield
+    finally:
+        jax.config.update("jax_enable_x64", False)
 
 
-def _with_x64_callbacks(jaxpr: Any) -> Any:
-    """``jaxpr`` with every host callback wrapped in :class:`_X64Callback`."""
-
-    def param(value: Any) -> Any:
-        if isinstance(value, jcore.ClosedJaxpr):
-            return jcore.ClosedJaxpr(_with_x64_callbacks(value.jaxpr), value.consts)
-        if isinstance(value, jcore.Jaxpr):
-            return _with_x64_callbacks(value)
-        if type(value) is tuple:  # not a NamedTuple of settings
-            new = tuple(param(v) for v in value)
-            return value if all(a is b for a, b in zip(new, value)) else new
-        return value
-
-    eqns = []
-    for eqn in jaxpr.eqns:
-        params = {
-            k: _X64Callback(v) if "callback" in k and callable(v) else param(v)
-            for k, v in eqn.params.items()
-        }
-        eqns.append(eqn.replace(params=params))
-    return jaxpr.replace(eqns=eqns)
+def _global_x64() -> bool:
+    """Whether float64 is JAX's process-wide default (read on a new thread, where
+    no thread-local setting holds)."""
+    seen: list[bool] = []
+    probe = threading.Thread(
+        target=lambda: seen.append(
+            jax.dtypes.canonicalize_dtype(np.float64) == np.float64
+        )
+    )
+    probe.start()
+    probe.join()
+    return seen[0]
 
 
-def _chunks(
-    row: Any, idx: jax.Array, delta: jax.Array, n: jax.Array, every: bool = False
-) -> Any:
+def _chunks(row: Any, idx: jax.Array, delta: jax.Array, n: jax.Array) -> Any:
     """``row`` vmapped over each of the first ``n`` chunks of ``(idx, delta)``
     (shapes ``(chunks, chunk)`` and ``(chunks, chunk, ...)``), one chunk after
-    another; the outputs of the other chunks are zeros. With ``every``, all
-    chunks are evaluated (a loop of fixed length)."""
-    if every:
-        return lax.map(lambda blk: jax.vmap(row)(*blk), (idx, delta))
+    another; the outputs of the other chunks are zeros."""
     shapes = jax.eval_shape(jax.vmap(row), idx[0], delta[0])
     buf = jax.tree_util.tree_map(
         lambda s: jnp.zeros((idx.shape[0], *s.shape), s.dtype), shapes
