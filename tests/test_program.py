@@ -219,7 +219,9 @@ def test_host_callbacks_see_float64_on_any_thread_and_the_setting_is_restored():
         )
 
     host_sin.defjvp(lambda p, t: (host_sin(p[0]), jnp.cos(p[0]) * t[0]))
-    report = jaxcheck.check_grads(lambda w: jnp.sum(host_sin(w)), np.linspace(0.1, 1, 3))
+    report = jaxcheck.check_grads(
+        lambda w: jnp.sum(host_sin(w)), np.linspace(0.1, 1, 3)
+    )
     assert report.passed
     assert seen and set(seen) == {np.dtype(np.float64)}
     assert jnp.ones(2).dtype == jnp.float32  # the default was not changed for good
