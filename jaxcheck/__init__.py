@@ -9,7 +9,6 @@ from . import examples as examples
 from . import training as training
 from .check import assert_grads as assert_grads
 from .check import check_grads as check_grads
-from .check import step_sweep as step_sweep
 from .compare import band_counts as band_counts
 from .compare import relative_error as relative_error
 from .compilation import use_compilation_cache as use_compilation_cache
@@ -55,6 +54,7 @@ from .report import SkippedLeaf as SkippedLeaf
 from .steps import LeafSweep as LeafSweep
 from .steps import StepSweep as StepSweep
 from .steps import plot_step_sweep as plot_step_sweep
+from .sweep import step_sweep as step_sweep
 
 __version__ = "0.1.0"
 

@@ -38,9 +38,15 @@ LOW_PRECISION_MAX_RTOL = 1e-1
 #: Default allowance for round-off, in units of ``eps * |f| / h``.
 DEFAULT_NOISE_FACTOR = 64.0
 
-Verdict = Literal["ok", "wrong", "untestable", "kink"]
-OK, WRONG, UNTESTABLE, KINK = 0, 1, 2, 3
-VERDICT_NAMES: tuple[Verdict, ...] = ("ok", "wrong", "untestable", "kink")
+Verdict = Literal["ok", "wrong", "untestable", "kink", "inconclusive"]
+OK, WRONG, UNTESTABLE, KINK, INCONCLUSIVE = 0, 1, 2, 3, 4
+VERDICT_NAMES: tuple[Verdict, ...] = (
+    "ok",
+    "wrong",
+    "untestable",
+    "kink",
+    "inconclusive",
+)
 
 
 def relative_error(analytic: ArrayLike, numeric: ArrayLike) -> np.ndarray:

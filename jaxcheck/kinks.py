@@ -246,6 +246,8 @@ class KinkAnalysis:
         parameters to the output (errors accumulate with depth).
       leaf_sites: for each checked leaf (by position in ``params``'s leaves),
         how many tracked sites depend on it.
+      leaf_blind: for each checked leaf, how many untracked or opaque sites
+        depend on it (their kinks cannot be seen).
     """
 
     sites: tuple[Site, ...] = ()
@@ -254,6 +256,7 @@ class KinkAnalysis:
     low_precision: tuple[Site, ...] = ()
     depth: int = 0
     leaf_sites: dict[int, int] = dataclasses.field(default_factory=dict)
+    leaf_blind: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def has_kinks(self) -> bool:
@@ -509,6 +512,7 @@ def _context_name(eqn: Any) -> str:
 class _Analysis:
     def __init__(self) -> None:
         self.sites: list[tuple[Site, int]] = []
+        self.blind_masks: list[int] = []  # of untracked and opaque sites
         self.untracked: list[Site] = []
         self.opaque: list[Site] = []
         self.low_precision: list[Site] = []
@@ -590,8 +594,10 @@ class _Analysis:
                     )  # fmt: skip
                 elif _untracked_kind(eqn):
                     self.untracked.append(Site(name, ctx, where, (), within))
+                    self.blind_masks.append(mask)
                 elif _is_opaque(eqn):
                     self.opaque.append(Site(name, ctx, where, (), within))
+                    self.blind_masks.append(mask)
             if live:
                 self._precision(eqn, ctx, where, within)
             facts.update(eqn, tracked)
@@ -738,6 +744,11 @@ def analyze_jaxpr(
     an.check_itemsize = jnp.dtype(check_dtype).itemsize
     an.walk(jaxpr, dep_in, [0] * n_in, [True] * len(jaxpr.outvars), "", "", "")
     leaf_sites = {k: 0 for k in range(len(sources))}
+    leaf_blind = {k: 0 for k in range(len(sources))}
+    for mask in an.blind_masks:
+        for k in range(len(sources)):
+            if mask >> k & 1:
+                leaf_blind[k] += 1
     for _, mask in an.sites:
         for k in range(len(sources)):
             if mask >> k & 1:
@@ -749,6 +760,7 @@ def analyze_jaxpr(
         low_precision=tuple(an.low_precision),
         depth=an.max_depth,
         leaf_sites=leaf_sites,
+        leaf_blind=leaf_blind,
     )
 
 
@@ -1162,6 +1174,52 @@ def _evaluate(
         [True] * len(closed_jaxpr.jaxpr.outvars),
     )  # fmt: skip
     return ev
+
+
+def evaluate_pair(
+    jaxpr: Any,
+    consts: Sequence[Any],
+    args_a: Sequence[Any],
+    args_b: Sequence[Any],
+    sources: Sequence[int],
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[Site, ...]]:
+    """``f`` and its decisions at two points, and the decisions that differ.
+
+    ``jaxpr`` (an open jaxpr, its constants passed as ``consts`` so that they
+    can be runtime values) is evaluated at ``args_a`` and at ``args_b``;
+    decisions count when they depend on the inputs at positions ``sources``.
+    Jit- and vmap-able.
+
+    Args:
+      jaxpr: the jaxpr of a scalar function.
+      consts: values of its constvars.
+      args_a: its inputs at the first point.
+      args_b: its inputs at the second point.
+      sources: positions of the perturbed inputs.
+
+    Returns:
+      ``(values (2,), words (2, S), changed (S,), sites)``: ``changed`` counts
+      the decisions per site that differ between the points (see
+      :func:`changed_decisions`).
+
+    Examples:
+      >>> cj = jax.make_jaxpr(lambda w: jnp.sum(jnp.abs(w)))(jnp.ones(2))
+      >>> v, w, c, sites = evaluate_pair(cj.jaxpr, cj.consts, [jnp.array([1.0, 2.0])],
+      ...                                [jnp.array([-1.0, 2.0])], [0])
+      >>> v.tolist(), c.tolist(), sites[0].primitive
+      ([3.0, 3.0], [1], 'abs')
+    """
+    evs = []
+    for args in (args_a, args_b):
+        dep = [False] * len(args)
+        for k in sources:
+            dep[k] = True
+        ev = _Evaluator()
+        ev.outs = ev.run(jaxpr, consts, list(args), dep, [True] * len(jaxpr.outvars))
+        evs.append(ev)
+    values = jnp.stack([evs[0].outs[0], evs[1].outs[0]])
+    words = jnp.stack([_stack_words(ev.words) for ev in evs])
+    return values, words, changed_decisions(evs[0], evs[1]), tuple(evs[0].sites)
 
 
 def _stack_words(words: list) -> jax.Array:

@@ -96,7 +96,7 @@ MIN_GAIN = 0.7
 #: when the dense path's total estimated work (multiply-adds, roughly) is at
 #: least this. Compiling the propagated evaluation costs about as much as
 #: 1e8 to 1e9 units of dense work on a CPU; below this a leaf is cheap anyway.
-MIN_DENSE_WORK = 2e7
+MIN_DENSE_WORK = 2e9
 
 # --------------------------------------------------------------------------------
 # The program: a flat list of equations, with calls inlined.
@@ -1385,6 +1385,59 @@ def _evaluator(
         return jax.vmap(single)(vals)
 
     return at
+
+
+def row_evaluator(
+    fn: Any,
+    x_flat: jax.Array,
+    dyn_params: Sequence[Any],
+    dyn_args: Sequence[Any],
+    *,
+    pair: bool = False,
+) -> Callable[[jax.Array, jax.Array], Any]:
+    """``at(i, vals)``: ``f`` with ``x[i]`` set to each value of ``vals`` (shape
+    ``(K,)``), stacked; with ``pair``, ``fn.pair`` at the two values (a winner
+    tracker: values, words and the decisions that changed). By perturbation
+    propagation where the plan applies, else by the plain evaluation of ``f``
+    at a perturbed copy of the leaf. Call it inside :func:`jax.vmap` over rows.
+
+    Args:
+      fn: the function of the flattened leaf (hashable), or a winner tracker.
+      x_flat: the leaf, flattened (may be a tracer).
+      dyn_params: the dynamic parameter leaves.
+      dyn_args: the dynamic argument leaves.
+      pair: evaluate ``fn.pair`` at two values per row.
+
+    Returns:
+      the function ``at``.
+
+    Examples:
+      >>> import jax.tree_util as jtu
+      >>> fn = engine.LeafFunction(lambda p, x: jnp.sum(jnp.tanh(x @ p)),
+      ...                          jtu.tree_structure(0.0), 1, {},
+      ...                          jtu.tree_structure((0.0,)), 1, {}, 0, (8, 4))
+      >>> w, x = jnp.ones((8, 4)) / 8, jnp.ones((3, 8))
+      >>> at = row_evaluator(fn, w.reshape(-1), [w], [x])
+      >>> at(jnp.int32(5), jnp.array([0.125, 0.5])).shape
+      (2,)
+    """
+    if not _plan(fn, x_flat, dyn_params, dyn_args, pair).applicable:
+
+        def dense(i: jax.Array, vals: jax.Array) -> Any:
+            if pair:
+                return fn.pair(
+                    x_flat.at[i].set(vals[0]), x_flat.at[i].set(vals[1]),
+                    dyn_params, dyn_args,
+                )  # fmt: skip
+            outs = [
+                fn(x_flat.at[i].set(vals[k]), dyn_params, dyn_args)
+                for k in range(vals.shape[0])
+            ]
+            return jnp.stack(outs)
+
+        return dense
+    idx_dtype = np.int32 if np.size(x_flat) < 2**31 else np.int64
+    return _evaluator(fn, x_flat, dyn_params, dyn_args, idx_dtype, None, pair)
 
 
 def _run_block(

@@ -63,6 +63,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun if n == 1 else plural}"
 
 
+def _unresolved_title(leaf: LeafReport) -> str:
+    if leaf.num_untestable and leaf.num_inconclusive:
+        return "untestable and inconclusive"
+    return "untestable" if leaf.num_untestable else "inconclusive"
+
+
 def _fmt_val(x: float) -> str:
     return f"{x:+.6e}"
 
@@ -87,8 +93,11 @@ class CoordResult:
         ``x + h e_i`` (empty when no kink was crossed).
       step: the step of the estimate in ``numeric`` when it is not the leaf's
         (a re-check with a smaller or larger step), else NaN.
-      resolution: how a kink or untestable coordinate was re-checked, e.g.
-        ``"one-sided derivatives -1 and 1 bracket it (subgradient)"``.
+      resolution: how the verdict was reached when the main step did not
+        settle it, e.g. ``"one-sided derivatives (left +0, right +1) bracket it:
+        a subgradient"``.
+      lo: at a kink, the smaller one-sided derivative measured (else NaN).
+      hi: the larger one.
     """
 
     index: tuple[int, ...]
@@ -101,6 +110,8 @@ class CoordResult:
     kink: str = ""
     step: float = math.nan
     resolution: str = ""
+    lo: float = math.nan
+    hi: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"index": list(self.index)}
@@ -166,6 +177,12 @@ class LeafReport:
         coordinates finished before it were judged).
       interrupted: whether Ctrl-C stopped the check in this leaf (the check
         ends with it; the report does not pass).
+      num_inconclusive: coordinates with no evidence either way (a kink that
+        could not be measured, a finite difference that does not settle).
+      rtol: the relative-error bar of this leaf.
+      main_rel_error: the largest relative error of the main pass (the chosen
+        method at the chosen step, before any follow-up), over the
+        coordinates that crossed no kink: what that method and step give.
     """
 
     path: str
@@ -193,6 +210,9 @@ class LeafReport:
     propagation: str = ""
     num_selected: int = 0
     interrupted: bool = False
+    num_inconclusive: int = 0
+    rtol: float = math.nan
+    main_rel_error: float = math.nan
 
     @property
     def size(self) -> int:
@@ -204,6 +224,11 @@ class LeafReport:
         return self.num_wrong == 0
 
     @property
+    def num_tested(self) -> int:
+        """Coordinates with a verdict backed by evidence: ok, kink or wrong."""
+        return self.num_checked - self.num_untestable - self.num_inconclusive
+
+    @property
     def verdict(self) -> str:
         if self.num_wrong:
             return "FAIL"
@@ -211,6 +236,8 @@ class LeafReport:
             return "INTERRUPTED"
         if self.num_untestable == self.num_checked:
             return "UNTESTABLE"
+        if self.num_tested == 0:
+            return "INCONCLUSIVE"
         return "ok"
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,6 +283,10 @@ class GradCheckReport:
         was interrupted (Ctrl-C); empty for a complete check. A leaf stopped
         midway is listed here and also in ``leaves``, with the coordinates it
         finished (its ``LeafReport.interrupted`` is True).
+      compilation: what the check cost to prepare: ``programs`` compiled,
+        ``loaded`` from jaxcheck's on-disk cache, ``reused`` from memory, and
+        the seconds spent ``tracing``, ``compiling`` and ``evaluating``.
+      seed: the seed of the coordinate sampling (drawn when ``seed=None``).
     """
 
     leaves: tuple[LeafReport, ...]
@@ -279,22 +310,42 @@ class GradCheckReport:
     depth: int = 0
     step_rule: str = "fixed"
     interrupted: tuple[str, ...] = ()
+    compilation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int | None = None
 
     def _leaf_fails(self, leaf: LeafReport) -> bool:
-        return not leaf.passed or (self.strict and leaf.num_untestable > 0)
+        return not leaf.passed or (
+            self.strict and (leaf.num_untestable > 0 or leaf.num_inconclusive > 0)
+        )
+
+    @property
+    def status(self) -> str:
+        """``"passed"``, ``"failed"``, ``"inconclusive"`` or ``"interrupted"``.
+
+        Failed: a coordinate is wrong (with ``strict=True``: or untestable or
+        inconclusive). Inconclusive: nothing could be tested (every coordinate
+        untestable or inconclusive), so nothing was confirmed. Interrupted:
+        Ctrl-C stopped the check before the end.
+        """
+        if any(self._leaf_fails(leaf) for leaf in self.leaves):
+            return "failed"
+        if self.interrupted:
+            return "interrupted"
+        if not any(leaf.num_tested for leaf in self.leaves):
+            return "inconclusive"
+        return "passed"
 
     @property
     def passed(self) -> bool:
-        """True when no checked coordinate of any leaf is wrong.
+        """True when no checked coordinate is wrong and at least one was tested.
 
-        Untestable and kink coordinates do not fail a check; they are counted
-        in :attr:`num_untestable` and :attr:`num_kink` and shown in the report.
-        With ``strict=True`` untestable coordinates fail it too, and a check
+        Untestable, inconclusive and kink coordinates do not fail a check; they
+        are counted and shown in the report. A check in which nothing could be
+        tested is inconclusive and does not pass. With ``strict=True``
+        untestable and inconclusive coordinates fail it, and a check
         interrupted with Ctrl-C never passes.
         """
-        if self.interrupted:
-            return False
-        return not any(self._leaf_fails(leaf) for leaf in self.leaves)
+        return self.status == "passed"
 
     @property
     def failures(self) -> tuple[LeafReport, ...]:
@@ -324,8 +375,22 @@ class GradCheckReport:
         return sum(leaf.num_untestable for leaf in self.leaves)
 
     @property
+    def num_ok(self) -> int:
+        return sum(leaf.num_ok for leaf in self.leaves)
+
+    @property
+    def num_inconclusive(self) -> int:
+        return sum(leaf.num_inconclusive for leaf in self.leaves)
+
+    @property
     def max_rel_error(self) -> float:
         return max((leaf.max_rel_error for leaf in self.leaves), default=0.0)
+
+    @property
+    def main_rel_error(self) -> float:
+        """The largest relative error of the main pass (see
+        :attr:`LeafReport.main_rel_error`)."""
+        return max((leaf.main_rel_error for leaf in self.leaves), default=math.nan)
 
     @property
     def worst(self) -> tuple[str, CoordResult] | None:
@@ -359,14 +424,12 @@ class GradCheckReport:
     # ----------------------------------------------------------------- text
     def headline(self) -> str:
         """One line: the verdict, what was checked, and the worst coordinate."""
-        status = "PASSED" if self.passed else "FAILED"
-        if self.interrupted and not self.failures:
-            status = "INTERRUPTED"
+        status = self.status.upper()
         text = (
             f"jaxcheck: gradient check {status}: {_count(len(self.leaves), 'leaf')}, "
             f"{_count(self.num_checked, 'coordinate')}"
         )
-        if not self.passed and status != "INTERRUPTED":
+        if status == "FAILED":
             text += (
                 f", {self.num_wrong:,} wrong in {_count(len(self.failures), 'leaf')}"
             )
@@ -374,6 +437,12 @@ class GradCheckReport:
             text += f", {self.num_untestable:,} untestable"
             if self.strict:
                 text += " (strict: they fail)"
+        if self.num_inconclusive:
+            text += f", {self.num_inconclusive:,} inconclusive"
+            if self.strict:
+                text += " (strict: they fail)"
+        if status == "INCONCLUSIVE":
+            text += ": nothing could be tested"
         if self.num_kink:
             text += f", {self.num_kink:,} at kinks"
         w = self.worst
@@ -403,6 +472,8 @@ class GradCheckReport:
                     leaf.verdict,
                 ]
             )
+            if self.num_inconclusive:
+                rows[-1].insert(-1, str(leaf.num_inconclusive))
             if self._varied_steps():
                 rows[-1].insert(4, f"{leaf.step:.1e}")
         return rows
@@ -412,6 +483,8 @@ class GradCheckReport:
 
     def _header(self) -> list[str]:
         header = list(self._HEADER)
+        if self.num_inconclusive:
+            header.insert(-1, "inconclusive")
         if self._varied_steps():
             header.insert(4, "h")
         return header
@@ -482,12 +555,12 @@ class GradCheckReport:
                         lines.append(self._coord_line(leaf, c))
         if worst:
             for leaf in leaves:
-                if leaf.passed and not leaf.num_untestable:
+                if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
                     continue
-                title = "worst" if not leaf.passed else "untestable"
+                title = "worst" if not leaf.passed else _unresolved_title(leaf)
                 lines.append(f"  {title} coordinates of {leaf.path}:")
                 for c in leaf.worst:
-                    if leaf.passed and c.verdict != "untestable":
+                    if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
                         continue
                     lines.append(self._coord_line(leaf, c))
         for note in self.notes:
@@ -559,14 +632,14 @@ class GradCheckReport:
                     "confirmed by a re-check.</p>"
                 )
         for leaf in self.leaves:
-            if leaf.passed and not leaf.num_untestable:
+            if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
                 continue
-            title = "Worst" if not leaf.passed else "Untestable"
+            title = "Worst" if not leaf.passed else _unresolved_title(leaf).capitalize()
             parts.append(
                 f"<p>{title} coordinates of <code>{esc(leaf.path)}</code>:</p><ul>"
             )
             for c in leaf.worst:
-                if leaf.passed and c.verdict != "untestable":
+                if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
                     continue
                 parts.append(
                     f"<li><code>{esc(leaf.path + _index_str(c.index))}</code> analytic="
@@ -585,6 +658,7 @@ class GradCheckReport:
         """A JSON-serialisable dict of the whole report."""
         return {
             "passed": self.passed,
+            "status": self.status,
             "interrupted": list(self.interrupted),
             "rtol": self.rtol,
             "bar_reason": self.bar_reason,
@@ -598,6 +672,7 @@ class GradCheckReport:
             "num_checked": self.num_checked,
             "num_wrong": self.num_wrong,
             "num_untestable": self.num_untestable,
+            "num_inconclusive": self.num_inconclusive,
             "num_kink": self.num_kink,
             "max_rel_error": self.max_rel_error,
             "kink_sites": list(self.kink_sites),
@@ -612,4 +687,6 @@ class GradCheckReport:
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
             "bands": list(BAND_NAMES),
+            "compilation": dict(self.compilation),
+            "seed": self.seed,
         }

@@ -259,7 +259,7 @@ def noise_allowance(
     return 0.5 * np.asarray(weight, dtype=np.float64) * np.maximum(model, measured)
 
 
-def ecnoise(values: ArrayLike, max_order: int = 6) -> np.ndarray:
+def ecnoise(values: ArrayLike, max_order: int = 6, bound: bool = False) -> np.ndarray:
     """The standard deviation of the round-off noise in ``values`` (ECnoise).
 
     ``values[..., k] = f(x + k delta p)`` on equally spaced points. Differences
@@ -273,11 +273,14 @@ def ecnoise(values: ArrayLike, max_order: int = 6) -> np.ndarray:
     Args:
       values: shape ``(..., m + 1)`` with ``m >= max_order + 2``.
       max_order: the highest difference order used.
+      bound: where no order is accepted, return the smallest scaled difference
+        (an upper bound of the noise) instead of NaN.
 
     Returns:
       the noise estimates, shape ``values.shape[:-1]``; 0 where ``f`` is
       constant along the points (no noise seen), NaN where no order is
-      accepted (the points are too far apart: truncation dominates).
+      accepted (the points are too far apart: truncation dominates) unless
+      ``bound``.
 
     Examples:
       >>> rng = np.random.default_rng(0)
@@ -304,6 +307,10 @@ def ecnoise(values: ArrayLike, max_order: int = 6) -> np.ndarray:
         ok = (trio.max(-1) <= 4 * trio.min(-1)) & chg_a[..., k] & ~done
         out = np.where(ok, sig_a[..., k], out)
         done |= ok
+    if bound:
+        # No order accepted: the smallest scaled difference still bounds the
+        # noise from above (noise enters every order).
+        out = np.where(np.isfinite(out), out, sig_a.min(axis=-1))
     constant = np.all(v == v[..., :1], axis=-1)
     return np.where(constant, 0.0, out)
 
@@ -334,7 +341,9 @@ def noise_offsets(x: ArrayLike, num: int = 6, rel: float = 1e-6) -> np.ndarray:
     return np.stack([plus, -plus], axis=-1)
 
 
-def noise_from_rows(f0: float, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
+def noise_from_rows(
+    f0: float, plus: np.ndarray, minus: np.ndarray, bound: bool = False
+) -> np.ndarray:
     """ECnoise of the symmetric points ``f(x - k d), ..., f(x), ..., f(x + k d)``.
 
     Args:
@@ -353,7 +362,7 @@ def noise_from_rows(f0: float, plus: np.ndarray, minus: np.ndarray) -> np.ndarra
     line = np.concatenate(
         [minus[:, ::-1], np.full((plus.shape[0], 1), f0), plus], axis=1
     )
-    return ecnoise(line)
+    return ecnoise(line, bound=bound)
 
 
 def choose_step(
@@ -586,7 +595,7 @@ def plot_step_sweep(
       ImportError: if matplotlib is not installed.
 
     Examples:
-      >>> from jaxcheck.check import step_sweep
+      >>> from jaxcheck import step_sweep
       >>> sweep = step_sweep(lambda w: jnp.sum(jnp.sin(w)), jnp.ones(3))
       >>> ax = plot_step_sweep(sweep)
       >>> ax.get_xscale(), ax.get_yscale()

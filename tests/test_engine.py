@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxcheck import engine
+from jaxcheck.engine import leaf, memory
 
 
 def _fn(f, shape):
@@ -29,7 +30,7 @@ def test_central_differences_exact_on_a_quadratic(chunk):
 
 
 def test_many_chunks_split_over_calls(monkeypatch):
-    monkeypatch.setattr(engine, "CHUNKS_PER_CALL", 2)
+    monkeypatch.setattr(leaf, "CHUNKS_PER_CALL", 2)
     calls = []
     with jax.enable_x64(True):
         x = jnp.linspace(-1.0, 1.0, 11)
@@ -52,9 +53,9 @@ def test_leaf_function_equality_reuses_compilations():
     with jax.enable_x64(True):
         x = jnp.ones(3)
         engine.central_differences(a, x, np.arange(3), 1e-3, [x], [], chunk_size=3)
-        size = engine._block_jit._cache_size()
+        size = leaf._block_jit._cache_size()
         engine.central_differences(b, x, np.arange(3), 1e-3, [x], [], chunk_size=3)
-        assert engine._block_jit._cache_size() == size
+        assert leaf._block_jit._cache_size() == size
 
 
 def test_bytes_per_coordinate_grows_with_the_batch():
@@ -75,7 +76,7 @@ def test_bytes_per_coordinate_grows_with_the_batch():
 
 def test_choose_chunk_size():
     assert (
-        engine.choose_chunk_size(1000, 10_000, 1 << 30, "cpu") == engine.MAX_CHUNK_CPU
+        engine.choose_chunk_size(1000, 10_000, 1 << 30, "cpu") == memory.MAX_CHUNK_CPU
     )
     assert engine.choose_chunk_size(1000, 10_000, 1 << 30, "gpu") == 8192
     assert engine.choose_chunk_size(1 << 20, 10_000, 8 << 20, "gpu") == 8
@@ -108,13 +109,13 @@ def test_fixed_call_shape_reuses_one_compilation():
         fn = _fn(lambda p: jnp.sum(jnp.cos(p)), (40,))
         engine.central_differences(fn, x, np.arange(40), 1e-4, [x], [], chunk_size=4,
                                    chunks_per_call=3)  # fmt: skip
-        size = engine._block_jit._cache_size()
+        size = leaf._block_jit._cache_size()
         for n in (1, 5, 12, 13):
             fp, _ = engine.central_differences(
                 fn, x, np.arange(n), 1e-4, [x], [], chunk_size=4, chunks_per_call=3
             )
             assert len(fp) == n
-        assert engine._block_jit._cache_size() == size
+        assert leaf._block_jit._cache_size() == size
     assert engine.call_shapes(40, 4) == (10,)
     assert engine.call_shapes(1000, 8) == (61, 64)
 

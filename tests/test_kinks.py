@@ -130,7 +130,10 @@ def test_near_kink_relu_svm_passes_and_names_the_kinks():
     # Both kink-capable primitives are named: the ReLU and the SVM hinge.
     assert any("relu" in s for s in report.kink_sites)
     assert any("svm_loss" in s for s in report.kink_sites)
-    assert report.rtol == compare.KINK_RTOL and "kink" in report.bar_reason
+    # The smooth bar applies wherever no winner changes; a crossed coordinate
+    # is judged at the notes' bar for kinks, and the reason says so.
+    assert report.rtol == compare.SMOOTH_RTOL
+    assert "crosses a kink" in report.bar_reason and "0.0001" in report.bar_reason
     text = str(report)
     assert "kinks of ['W1']: 48 coordinate(s) crossed max in relu" in text
     # W2 and b2 cross nothing and are judged like a smooth function.
@@ -189,7 +192,13 @@ def test_all_preactivations_at_zero_are_kinks_not_failures():
     report = jaxcheck.check_grads(relu_svm(relu_ok), params, x, y)
     assert report.passed, str(report)
     w1 = report.leaf("['W1']")
-    assert w1.num_kink == 30 and w1.num_wrong == 0
+    # Where the analytic value lies between the one-sided derivatives, a kink;
+    # where several decisions changed at once and it does not, the valid values
+    # are a sum of intervals jaxcheck cannot measure: inconclusive, not wrong.
+    assert w1.num_kink + w1.num_inconclusive == 30 and w1.num_wrong == 0
+    assert w1.num_kink >= 10
+    unresolved = [c for c in w1.worst if c.verdict == "inconclusive"]
+    assert all("decisions changed at once" in c.resolution for c in unresolved)
 
 
 # --------------------------------------------------------------------------- #

@@ -9,8 +9,6 @@ import ast
 import pathlib
 import re
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxcheck"
 #: The flat modules that became jaxcheck.training; nothing may import them again.
 OLD_TRAINING_MODULES = ("jaxcheck.sanity", "jaxcheck.monitor", "jaxcheck.plots")
@@ -19,7 +17,7 @@ OLD_TRAINING_MODULES += ("jaxcheck.data",)
 #: re-exports it, and the CLI's ``demo`` command runs its demo.
 MAY_IMPORT_TRAINING = {"jaxcheck", "jaxcheck.cli"}
 #: Import cycles in the checker today; its rewrite removes them (then empty this).
-KNOWN_CYCLES = [["jaxcheck.check", "jaxcheck.derivatives", "jaxcheck.protocol"]]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def _modules(root: pathlib.Path = PACKAGE) -> dict[str, tuple[pathlib.Path, bool]]:
@@ -191,11 +189,6 @@ def test_no_import_cycle_but_the_known_one():
     assert [c for c in _cycles(GRAPH) if c not in KNOWN_CYCLES] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check <-> protocol, protocol -> derivatives -> check: the checker's "
-    "rewrite removes them; then empty KNOWN_CYCLES and drop this marker",
-)
 def test_no_import_cycle_anywhere():
     assert _cycles(GRAPH) == []
 

@@ -11,17 +11,20 @@ import jax.numpy as jnp
 import pytest
 
 import jaxcheck
-from jaxcheck import check, engine, examples
+from jaxcheck import check
+from jaxcheck.engine.program import Program
 
 SCRIPT = textwrap.dedent(
     """
     import json, jax, jaxcheck
-    from jaxcheck import engine, examples as ex
+    import numpy as np
+    from jaxcheck import examples as ex
+    from jaxcheck.engine import cluster
     params = ex.mlp_init((20, 12, 5), seed=3)
     x, y = ex.classification_batch(8, 20, 5)
     out = {"devices": len(jax.devices())}
-    idx, hs = engine._place(jax.numpy.zeros((2, 8), int), jax.numpy.zeros((2, 8)))
-    out["placed_on"] = len(idx.sharding.device_set)
+    idx, hs = cluster.place_rows(np.zeros((2, 8), np.int32), np.zeros((2, 8)))
+    out["placed_on"] = len(idx.sharding.device_set) if hasattr(idx, "sharding") else 1
     for prop in (True, False):
         r = jaxcheck.check_grads(ex.mlp_loss, params, x, y, propagate=prop,
                                  max_worst=400)
@@ -58,33 +61,44 @@ def test_sharded_over_four_cpu_devices_gives_identical_numbers():
         assert one[prop] == four[prop]  # every numeric value bit for bit
 
 
-def test_ctrl_c_returns_a_partial_report(monkeypatch):
-    real_run = check._Leaf.run
+def _interrupt_call(monkeypatch, at_call: int) -> list:
+    """Makes the check program's call ``at_call`` raise Ctrl-C."""
+    real = Program.run
     calls = []
 
-    def run(self, on_progress):
-        calls.append(self.info.path)
-        if len(calls) == 3:
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
             raise KeyboardInterrupt
-        return real_run(self, on_progress)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(check._Leaf, "run", run)
-    params = examples.mlp_init((4, 3, 2))
-    x, y = examples.classification_batch(5, 4, 2)
-    report = jaxcheck.check_grads(examples.mlp_loss, params, x, y)
-    assert [leaf.path for leaf in report.leaves] == ["[0]['W']", "[0]['b']"]
-    assert report.interrupted == ("[1]['W']", "[1]['b']")
+    monkeypatch.setattr(Program, "run", interrupted)
+    return calls
+
+
+def test_ctrl_c_returns_a_partial_report(monkeypatch):
+    # Calls hold 64 chunks of 8 rows: the point itself and 511 coordinates, then
+    # 512 coordinates each. Stopped in the third call, leaf ['a'] is finished,
+    # ['b'] is cut after 462 of its 1,000 coordinates and ['c'] never started.
+    params = {"a": jnp.linspace(-1, 1, 561), "b": jnp.ones(1000), "c": jnp.ones(5)}
+
+    def f(p):
+        return jnp.sum(jnp.sin(p["a"])) + jnp.sum(p["b"] ** 2) + jnp.sum(p["c"] ** 3)
+
+    _interrupt_call(monkeypatch, at_call=3)
+    report = jaxcheck.check_grads(f, params, chunk_size=8, propagate=False)
+    assert [leaf.path for leaf in report.leaves] == ["['a']", "['b']"]
+    assert report.leaf("['b']").num_checked == 1023 - 561
+    assert report.interrupted == ("['b']", "['c']")
     assert not report.passed
     assert str(report).startswith("jaxcheck: gradient check INTERRUPTED")
     assert "interrupted (Ctrl-C)" in str(report)
-    assert report.to_dict()["interrupted"] == ["[1]['W']", "[1]['b']"]
+    assert "['b'] was stopped after 462 of its 1,000 coordinates" in str(report)
+    assert report.to_dict()["interrupted"] == ["['b']", "['c']"]
 
 
 def test_ctrl_c_before_any_leaf_propagates(monkeypatch):
-    def run(self, on_progress):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(check._Leaf, "run", run)
+    _interrupt_call(monkeypatch, at_call=1)
     with pytest.raises(KeyboardInterrupt):
         jaxcheck.check_grads(lambda w: jnp.sum(w**2), jnp.ones(3))
 
@@ -98,21 +112,6 @@ def test_progress_bar_counts_coordinates(capsys):
     assert "jaxcheck" in err and "40/40" in err and "coord" in err
 
 
-def _interrupt_call(monkeypatch, name: str, at_call: int) -> list:
-    """Makes the engine's compiled call ``name`` raise Ctrl-C on call ``at_call``."""
-    real = getattr(engine, name)
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, name, interrupted)
-    return calls
-
-
 def _bad_scale(w):
     return jnp.sum(jnp.sin(w))
 
@@ -124,38 +123,38 @@ def _bad_scale_grad(w):  # planted bug: the last 100 entries are 1% off
 
 def test_ctrl_c_inside_a_leaf_keeps_its_finished_coordinates(monkeypatch):
     w = jnp.linspace(-1.0, 1.0, 2000)
-    # chunk 8 x 64 chunks per call: calls of 512 coordinates; stop in the third.
-    calls = _interrupt_call(monkeypatch, "_block_jit", at_call=3)
+    # chunk 8 x 64 chunks per call: calls of 512 rows; stop in the third.
+    calls = _interrupt_call(monkeypatch, at_call=3)
     report = jaxcheck.check_grads(
         _bad_scale, w, chunk_size=8, propagate=False, grad_fn=lambda w: jnp.cos(w)
     )
     assert len(calls) == 3
     (leaf,) = report.leaves
-    assert (leaf.num_checked, leaf.num_selected) == (1024, 2000)
+    assert (leaf.num_checked, leaf.num_selected) == (1023, 2000)
     assert leaf.interrupted and leaf.verdict == "INTERRUPTED"
-    assert leaf.num_ok == 1024 and leaf.num_wrong == 0
+    assert leaf.num_ok == 1023 and leaf.num_wrong == 0
     assert report.interrupted == (leaf.path,)
     assert not report.passed
-    assert "stopped after 1,024 of its 2,000 coordinates" in str(report)
+    assert "stopped after 1,023 of its 2,000 coordinates" in str(report)
     assert report.to_dict()["leaves"][0]["interrupted"] is True
 
 
 def test_ctrl_c_inside_a_leaf_still_reports_the_bugs_it_reached(monkeypatch):
     w = jnp.linspace(-1.0, 1.0, 2000)
-    _interrupt_call(monkeypatch, "_block_jit", at_call=4)  # 1536 finished
+    _interrupt_call(monkeypatch, at_call=4)  # 1535 finished
     bad = jaxcheck.check_grads(
         _bad_scale, w, chunk_size=8, propagate=False, grad_fn=_bad_scale_grad
     )
     (leaf,) = bad.leaves
-    assert leaf.num_checked == 1536 and leaf.num_wrong == 0  # bug not reached
+    assert leaf.num_checked == 1535 and leaf.num_wrong == 0  # bug not reached
     monkeypatch.undo()
     flipped = lambda w: _bad_scale_grad(w[::-1])[::-1]  # noqa: E731 - bug at the front
-    _interrupt_call(monkeypatch, "_block_jit", at_call=2)  # 512 finished
+    _interrupt_call(monkeypatch, at_call=2)  # 511 finished
     report = jaxcheck.check_grads(
         _bad_scale, w, chunk_size=8, propagate=False, grad_fn=flipped, max_worst=200
     )
     (leaf,) = report.leaves
-    assert leaf.num_checked == 512 and leaf.num_wrong == 100
+    assert leaf.num_checked == 511 and leaf.num_wrong == 100
     assert leaf.verdict == "FAIL" and not report.passed
     assert {c.index for c in leaf.worst if c.verdict == "wrong"} == {
         (i,) for i in range(100)
@@ -168,35 +167,23 @@ def test_ctrl_c_inside_a_tracked_leaf_keeps_its_finished_coordinates(monkeypatch
     def f(w):
         return jnp.sum(jax.nn.relu(w) ** 2 + jnp.sin(w))
 
-    # Tracked leaves go through engine.evaluate: 16 chunks of 8 per call.
-    calls = _interrupt_call(monkeypatch, "_eval_block_jit", at_call=5)
+    calls = _interrupt_call(monkeypatch, at_call=2)
     report = jaxcheck.check_grads(f, w, chunk_size=8, propagate=False)
-    assert len(calls) >= 5
+    assert len(calls) >= 2
     (leaf,) = report.leaves
     assert leaf.tracked
-    assert (leaf.num_checked, leaf.num_selected) == (512, 2000)
-    assert leaf.num_ok + leaf.num_kink == 512 and leaf.num_wrong == 0
+    assert (leaf.num_checked, leaf.num_selected) == (511, 2000)
+    assert leaf.num_ok + leaf.num_kink == 511 and leaf.num_wrong == 0
     assert not report.passed and report.interrupted
 
 
-def test_ctrl_c_before_the_first_call_of_the_first_leaf_propagates(monkeypatch):
-    _interrupt_call(monkeypatch, "_block_jit", at_call=1)
-    with pytest.raises(KeyboardInterrupt):
-        jaxcheck.check_grads(_bad_scale, jnp.ones(100), chunk_size=8, propagate=False)
-
-
-def test_ctrl_c_after_the_last_call_of_a_leaf_still_stops_the_check(monkeypatch):
-    # The interrupt lands in the progress bar's last update of the first leaf,
-    # after every coordinate of it was evaluated: nothing is lost, but the
+def test_ctrl_c_after_the_last_call_still_stops_the_check(monkeypatch):
+    # The interrupt lands in the progress bar's update after the main pass's
+    # only call: every coordinate was evaluated and nothing is lost, but the
     # check must stop there and not pass.
     class Bar:
-        def __init__(self):
-            self.done = 0
-
         def update(self, k):
-            self.done += k
-            if self.done == 60:
-                raise KeyboardInterrupt
+            raise KeyboardInterrupt
 
         def close(self):
             pass
@@ -208,8 +195,7 @@ def test_ctrl_c_after_the_last_call_of_a_leaf_still_stops_the_check(monkeypatch)
         params,
         propagate=False,
     )
-    (leaf,) = report.leaves
-    assert leaf.path == "['a']" and leaf.num_checked == leaf.num_selected == 60
-    assert leaf.interrupted and leaf.verdict == "INTERRUPTED"
+    assert [leaf.num_checked for leaf in report.leaves] == [60, 5]
     assert report.interrupted == ("['a']", "['b']")
-    assert not report.passed
+    assert report.status == "interrupted" and not report.passed
+    assert "every coordinate was evaluated" in str(report)

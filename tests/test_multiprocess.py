@@ -51,17 +51,19 @@ SCRIPT = textwrap.dedent(
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
 
     # Count the rows asked for and the rows this process evaluated itself.
+    from jaxcheck.engine import rows as engine_rows
     rows = {"asked": 0, "own": 0}
-    def counted(real):
-        def wrapper(fn, x_flat, indices, *a, _local=False, **kw):
-            if _local or engine.num_processes() == 1:
-                rows["own"] += len(indices)
-            if not _local:
-                rows["asked"] += len(indices)
-            return real(fn, x_flat, indices, *a, _local=_local, **kw)
-        return wrapper
-    engine.central_differences = counted(engine.central_differences)
-    engine.evaluate = counted(engine.evaluate)
+    def count(streams):
+        dense, prop = streams
+        return len(dense[0]) + sum(len(p[0]) for p in prop)
+    real_run, real_local = engine_rows.run, engine_rows._run_local
+    def run(program, fixed, dense, prop=(), **kw):
+        rows["asked"] += count((dense, prop))
+        return real_run(program, fixed, dense, prop, **kw)
+    def local(program, fixed, dense, prop, *a, **kw):
+        rows["own"] += count((dense, prop))
+        return real_local(program, fixed, dense, prop, *a, **kw)
+    engine_rows.run, engine_rows._run_local = run, local
 
     params = ex.mlp_init((20, 12, 5), seed=3)
     x, y = ex.classification_batch(8, 20, 5)

@@ -517,7 +517,7 @@ def test_winner_tracker_words_identical(model, path):
             # of decisions that differ): steps large enough to cross kinks.
             for offsets in ([1e-3, -1e-3, 0.0, 1e-9], [0.5, -0.5]):
                 d = jnp.broadcast_to(jnp.asarray(offsets), (1, n, len(offsets)))
-                dense = engine._eval_block_jit(tracker, x, idx, d, dp, da)
+                dense = engine.leaf._eval_block_jit(tracker, x, idx, d, dp, da)
                 prop = ev(x, idx, d, dp, da)
                 assert len(prop) == len(dense)
                 for a, b in zip(dense[1:], prop[1:], strict=True):  # words, counts
@@ -537,10 +537,16 @@ def _check_both(monkeypatch, f, params, *args, **kwargs):
     used = []
     if "propagate" in inspect.signature(jaxcheck.check_grads).parameters:
         dense = jaxcheck.check_grads(f, params, *args, propagate=False, **kwargs)
+        # These models are small: propagate whatever the plan covers, however
+        # cheap the dense path would be.
+        monkeypatch.setattr(propagate, "MIN_DENSE_WORK", 0)
         prop = jaxcheck.check_grads(f, params, *args, propagate=True, **kwargs)
-        return dense, prop, None
+        for leaf in prop.leaves:
+            if leaf.propagated:
+                used.append(("tracked", leaf.shape) if leaf.tracked else leaf.shape)
+        return dense, prop, used
     dense = jaxcheck.check_grads(f, params, *args, **kwargs)
-    original = engine._block_jit
+    original = engine.leaf._block_jit
 
     def routed(fn, x_flat, idx, step, dyn_params, dyn_args):
         block = propagate.make_propagated_block(fn, x_flat, dyn_params, dyn_args)
@@ -549,7 +555,7 @@ def _check_both(monkeypatch, f, params, *args, **kwargs):
         used.append(fn.leaf_shape)
         return block(x_flat, idx, step, dyn_params, dyn_args)
 
-    original_eval = engine._eval_block_jit
+    original_eval = engine.leaf._eval_block_jit
 
     def routed_eval(fn, x_flat, idx, deltas, dyn_params, dyn_args):
         ev = propagate.make_propagated_evaluator(fn, x_flat, dyn_params, dyn_args)
