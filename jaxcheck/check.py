@@ -55,7 +55,7 @@ MIN_DENSE_ROWS = 256
 #: compiling then takes about 3x less time, running 3-5x more, and below this
 #: size the run is a small part of the cold call (measured on the demo MLP:
 #: 1.9e8 work, compile 0.48 s -> 0.12 s, run 0.04 s -> 0.12 s).
-QUICK_COMPILE_WORK = 3e8
+QUICK_COMPILE_WORK = 6e8
 
 
 def compile_options(platform: str, work: float, bounded: bool) -> tuple:
