@@ -69,7 +69,10 @@ def compile_options(platform: str, work: float, bounded: bool) -> tuple:
     """
     if platform != "cpu" or not bounded or work >= QUICK_COMPILE_WORK:
         return ()
-    return (("xla_backend_optimization_level", 0), ("xla_cpu_use_fusion_emitters", False))
+    return (
+        ("xla_backend_optimization_level", 0),
+        ("xla_cpu_use_fusion_emitters", False),
+    )
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
