@@ -323,11 +323,12 @@ def _first_line(err: BaseException) -> str:
 
 def _error(args: argparse.Namespace, err: BaseException, message: str) -> int:
     """Prints a usage/input error as one line (and the traceback if asked)."""
+    hint = ""
     if args.traceback:
         traceback.print_exception(err)
     elif err.__cause__ is not None or not isinstance(err, _InputError):
-        message += " (--traceback shows where it was raised)"
-    print(f"jaxcheck check: error: {message}", file=sys.stderr)
+        hint = " (--traceback shows where it was raised)"
+    print(f"jaxcheck check: error: {message}{hint}", file=sys.stderr)
     if args.json:
         print(json.dumps({"passed": False, "status": "error", "error": message}))
     return EXIT_USAGE

@@ -232,7 +232,7 @@ def test_json_of_an_input_error(user_modules, capsys):
     captured = capsys.readouterr()
     d = json.loads(captured.out, parse_constant=raise_on_constant)
     assert d["status"] == "error" and d["passed"] is False
-    assert "must return a scalar" in d["error"]
+    assert "must return a scalar" in d["error"] and "--traceback" not in d["error"]
     assert len(captured.err.splitlines()) == 1
 
 
