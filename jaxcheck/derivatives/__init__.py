@@ -40,8 +40,6 @@ from .directions_report import DirectionsReport as DirectionsReport
 from .forward import ForwardModeUnsupportedError as ForwardModeUnsupportedError
 from .forward import check_forward_mode as check_forward_mode
 from .jacobian import check_jacobian as check_jacobian
-from .modes import ModesReport as ModesReport
-from .modes import check_modes as check_modes
 from .points import MultiPointReport as MultiPointReport
 from .points import check_points as check_points
 from .points import stack_points as stack_points
@@ -55,12 +53,10 @@ __all__ = (
     "DirectionResult",
     "DirectionsReport",
     "ForwardModeUnsupportedError",
-    "ModesReport",
     "MultiPointReport",
     "check_directions",
     "check_forward_mode",
     "check_jacobian",
-    "check_modes",
     "check_points",
     "check_second_order",
     "check_vjp",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,20 +17,25 @@ from ..report import (
     GradCheckReport,
 )
 from ._blocks import (
+    _jvp_columns,
     _jvp_columns_jit,
 )
 from ._common import (
     PyTree,
     _pow2_floor,
     _prepare,
-    _replace,
     _ValueOf,
 )
 
 
 class ForwardModeUnsupportedError(TypeError):
-    """Raised by :func:`check_forward_mode` when ``f`` has no forward mode
-    (it contains a ``jax.custom_vjp`` function)."""
+    """Raised when forward-mode autodiff (``jax.jvp``) of ``f`` is impossible.
+
+    :func:`check_forward_mode` raises it for a function that contains a
+    ``jax.custom_vjp`` function (which defines no forward mode) or a primitive
+    without a JVP rule; ``check_second_order(..., method="fwd_over_rev")`` raises
+    it when the gradient of ``f`` has no forward mode.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,40 +46,68 @@ class _AsList:
         return [self.fn(dyn_params, dyn_args)]
 
 
-def _mode_support(f: Callable[..., Any], params: PyTree, args: tuple) -> dict[str, str]:
-    """``{mode: reason}`` for the modes of autodiff ``f`` does not support.
+def forward_mode_problem(fn: Callable[..., Any], *args: Any) -> str | None:
+    """Why ``fn(*args)``, a function that applies ``jax.jvp``, cannot be traced.
 
-    Lowers (does not run or compile) a ``jax.jvp`` and a ``jax.grad`` of ``f``.
+    Lowers ``fn`` (``jax.jit(fn).lower``: nothing runs or compiles). Tracing
+    alone is not enough: ``jax.jvp`` of a ``custom_vjp`` function traces to a
+    ``custom_lin`` that raises only when lowered (or batched).
+
+    Returns:
+      ``None`` when it traces; else one sentence naming the cause: a
+      ``jax.custom_vjp`` function (it defines no forward mode), or a primitive
+      without a JVP rule.
+
+    Raises:
+      Exception: any other error of the trace, unchanged (not ours to diagnose).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> @jax.custom_vjp
+      ... def sq(x):
+      ...     return x ** 2
+      >>> sq.defvjp(lambda x: (x ** 2, x), lambda x, g: (2 * x * g,))
+      >>> jvp = lambda x: jax.jvp(sq, (x,), (x,))
+      >>> forward_mode_problem(jvp, jnp.ones(2))[:40]
+      'f contains a jax.custom_vjp function, wh'
+      >>> forward_mode_problem(lambda x: jax.jvp(jnp.sin, (x,), (x,)), 1.0) is None
+      True
     """
-    out: dict[str, str] = {}
-    with jax.enable_x64(True):
-        point = _prepare(params, args)
-        full = point.fn(f)
-        idx = point.checked_dyn
-        xs = [point.dyn_params[k] for k in idx]
+    try:
+        jax.jit(fn).lower(*args)
+    except TypeError as e:
+        msg = str(e)
+        if "custom_vjp" not in msg or "jvp" not in msg:
+            raise
+        return (
+            "f contains a jax.custom_vjp function, which defines no forward mode "
+            f"(jax.jvp raises: {msg.splitlines()[0]})"
+        )
+    except NotImplementedError as e:
+        msg = str(e)
+        if "Differentiation rule" not in msg and "jvp" not in msg.lower():
+            raise
+        return f"f contains a primitive without a JVP rule ({msg.splitlines()[0]})"
+    return None
 
-        def fwd(dp: list, da: list, xs: list) -> Any:
-            g = lambda c: full(None, _replace(dp, idx, c), da)  # noqa: E731
-            return jax.jvp(g, (xs,), (xs,))
 
-        def rev(dp: list, da: list, xs: list) -> Any:
-            return jax.grad(lambda c: full(None, _replace(dp, idx, c), da))(xs)
+def jvp_columns_problem(out_fn: Callable[..., list], point: Any) -> str | None:
+    """Why the forward-mode columns of ``out_fn`` (as the block engine computes
+    them, vmapped over one-hot tangents) cannot be traced, for any checked leaf.
 
-        for mode, fn in (("fwd", fwd), ("rev", rev)):
-            try:
-                jax.jit(fn).lower(point.dyn_params, point.dyn_args, xs)
-            except (TypeError, ValueError) as e:
-                msg = str(e)
-                if mode == "fwd" and "custom_vjp" in msg:
-                    out[mode] = (
-                        "reverse-only: f contains a jax.custom_vjp function, which "
-                        "defines no forward mode (jax.jvp raises on it)"
-                    )
-                elif mode == "rev" and "Reverse-mode differentiation" in msg:
-                    out[mode] = f"forward-only: {msg.splitlines()[0]}"
-                else:
-                    raise
-    return out
+    Lowers exactly what runs (for one coordinate per leaf): whether ``jax.jvp``
+    of a ``custom_vjp`` function fails depends on how it is traced (a
+    ``custom_vjp`` whose ``fwd`` calls the custom function itself fails only
+    vmapped), so no cheaper stand-in is reliable.
+    """
+    one = jnp.zeros(1, jnp.int32)
+    for info in point.checked:
+        a = point.dyn_pos[info.pos]
+        columns = functools.partial(_jvp_columns, out_fn, a, info.shape)
+        problem = forward_mode_problem(columns, one, point.dyn_params, point.dyn_args)
+        if problem is not None:
+            return problem
+    return None
 
 
 class _ForwardGrad:
@@ -129,7 +163,9 @@ def check_forward_mode(
     The analytic derivative of coordinate ``i`` is the JVP of ``f`` with the
     tangent ``e_i`` (a column of ``jax.jacfwd``), which runs ``custom_jvp`` rules
     directly (reverse mode runs their transpose). Otherwise exactly
-    :func:`jaxcheck.check_grads`: same coordinates, bar and report.
+    :func:`jaxcheck.check_grads`: same coordinates, bar and report. Check both
+    modes by calling both: ``check_grads`` for reverse mode, this for forward
+    mode (a wrong ``custom_jvp`` rule fails in both; reverse mode transposes it).
 
     Args:
       f: the scalar function, called as ``f(params, *args)``.
@@ -145,9 +181,11 @@ def check_forward_mode(
       ``"jax.jvp (forward mode)"``.
 
     Raises:
-      ForwardModeUnsupportedError: (a ``TypeError``) if ``f`` contains a
-        ``jax.custom_vjp`` function; use :func:`check_modes`, which reports such
-        a function as reverse-only instead.
+      ForwardModeUnsupportedError: (a ``TypeError``) if ``f`` has no forward
+        mode: it contains a ``jax.custom_vjp`` function or a primitive without a
+        JVP rule. Such an ``f`` is reverse-only: check it with
+        :func:`jaxcheck.check_grads`.
+      TypeError: if ``grad_fn`` is passed.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -167,12 +205,15 @@ def check_forward_mode(
             "`check_forward_mode` checks jax.jvp of `f` and takes no `grad_fn`; "
             "check a hand-written gradient with `check_grads(..., grad_fn=...)`."
         )
-    unsupported = _mode_support(f, params, args).get("fwd")
-    if unsupported:
+    with jax.enable_x64(True):
+        point = _prepare(params, args)
+        problem = jvp_columns_problem(_AsList(_ValueOf(point.fn(f))), point)
+    if problem:
         raise ForwardModeUnsupportedError(
-            f"`f` cannot be checked in forward mode: {unsupported}. Use "
-            "`check_modes(f, params, ...)`, which reports it as reverse-only, or "
-            "check reverse mode alone with `check_grads`."
+            f"`f` cannot be checked in forward mode: {problem}. It is reverse-only: "
+            "check it with `check_grads(f, params, *args)` (reverse mode), and its "
+            "second derivatives with `check_second_order`, which falls back to "
+            "reverse-over-reverse."
         )
     return check_grads(
         f, params, *args, grad_fn=_ForwardGrad(f, coords, seed), coords=coords,

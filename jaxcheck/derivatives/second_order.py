@@ -29,8 +29,45 @@ from ._common import (
     _value_jit,
     _ValueOf,
 )
+from .forward import ForwardModeUnsupportedError, jvp_columns_problem
 
-SecondOrderMethod = Literal["fwd_over_rev", "rev_over_rev"]
+SecondOrderMethod = Literal["auto", "fwd_over_rev", "rev_over_rev"]
+_METHODS = ("auto", "fwd_over_rev", "rev_over_rev")
+
+
+def _gradient_function(
+    full: Any, point: Any, grad_fn: Callable[..., PyTree] | None
+) -> tuple[Callable[..., list], str]:
+    """The gradient whose derivative is checked, and its name."""
+    if grad_fn is None:
+        return _GradOf(full, point.checked_dyn), "jax.grad"
+    paths = tuple(i.path for i in point.checked)
+    return _UserGradOf(grad_fn, full, paths), callable_name(grad_fn)
+
+
+def _choose_method(
+    method: str, out_fn: Callable[..., list], point: Any
+) -> tuple[str, str | None]:
+    """``(analytic, note)``: ``"jvp"`` (forward-over-reverse) or ``"vjp_rows"``
+    (reverse-over-reverse), and a note when ``"auto"`` had to fall back."""
+    if method == "rev_over_rev":
+        return "vjp_rows", None
+    problem = jvp_columns_problem(out_fn, point)
+    if problem is None:
+        return "jvp", None
+    if method == "fwd_over_rev":
+        raise ForwardModeUnsupportedError(
+            f'`method="fwd_over_rev"` is impossible here: the gradient of {problem}. '
+            'Use `method="rev_over_rev"` (or the default `method="auto"`, which '
+            "falls back to it)."
+        )
+    return "vjp_rows", (
+        "forward-over-reverse is impossible here (the gradient of "
+        f"{problem}), so the analytic second derivatives are reverse-over-reverse: "
+        "rows of the Hessian (jax.vjp of the gradient), compared with measured "
+        "columns, which they equal wherever the gradient itself is right (check it "
+        "with check_grads)"
+    )
 
 
 def check_second_order(
@@ -43,7 +80,7 @@ def check_second_order(
     seed: int = 0,
     rtol: float | None = None,
     noise_factor: float | None = None,
-    method: SecondOrderMethod = "fwd_over_rev",
+    method: SecondOrderMethod = "auto",
     chunk_size: int | None = None,
     max_worst: int = 5,
     max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -53,10 +90,18 @@ def check_second_order(
     For every checked coordinate ``i`` of every leaf, the centered difference of
     the gradient function ``(g(x + h e_i) - g(x - h e_i)) / 2h`` (a column of the
     Hessian, measured) is compared entry by entry with the analytic column
-    ``H e_i``: by default a forward-over-reverse Hessian-vector product
-    (``jax.jvp`` of ``jax.grad``, exactly the columns of ``jax.hessian``), or with
-    ``method="rev_over_rev"`` the row ``jax.grad(lambda x: jax.grad(f)(x)[i])``.
-    This is what ``check_grads(..., order=2)`` runs.
+    ``H e_i``: a forward-over-reverse Hessian-vector product (``jax.jvp`` of
+    ``jax.grad``, exactly the columns of ``jax.hessian``), or the
+    reverse-over-reverse row ``jax.grad(lambda x: jax.grad(f)(x)[i])``, which
+    equals the column where the gradient is right (a symmetric Hessian).
+
+    The default ``method="auto"`` takes forward-over-reverse and falls back to
+    reverse-over-reverse, with a note in the report, where ``f``'s gradient has
+    no forward mode: e.g. a ``jax.custom_vjp`` whose ``fwd`` calls the custom
+    function itself (``def fwd(x): return f(x), x``), on which ``jax.jvp``
+    raises. (``jax.test_util.check_grads(order=2, modes=["rev"])`` checks such a
+    function the same way.) This is the one way to check order 2:
+    :func:`jaxcheck.check_grads` is first order only.
 
     It catches backward rules that are right at first order but not
     differentiable, e.g. a ``stop_gradient`` inside a ``custom_vjp`` bwd: the
@@ -76,7 +121,8 @@ def check_second_order(
       seed: seed of the coordinate sampling.
       rtol: the relative-error bar per Hessian entry (default ``1e-7``).
       noise_factor: the round-off allowance in units of ``eps * |g| / h``.
-      method: ``"fwd_over_rev"`` (default) or ``"rev_over_rev"``.
+      method: ``"auto"`` (default: forward-over-reverse where possible, else
+        reverse-over-reverse), ``"fwd_over_rev"`` or ``"rev_over_rev"``.
       chunk_size: coordinates per vmapped batch (default: from a memory budget).
       max_worst: worst entries kept per block.
       max_entries: refuse checks of more Hessian entries than this.
@@ -87,6 +133,8 @@ def check_second_order(
 
     Raises:
       TypeError: if ``f`` does not return a real floating-point scalar.
+      ForwardModeUnsupportedError: (a ``TypeError``) with
+        ``method="fwd_over_rev"`` where the gradient has no forward mode.
       ValueError: for invalid options, or a check larger than ``max_entries``.
 
     Examples:
@@ -104,9 +152,10 @@ def check_second_order(
       False
     """
     validate_callables(f, grad_fn)
-    if method not in ("fwd_over_rev", "rev_over_rev"):
+    if method not in _METHODS:
         raise ValueError(
-            f'`method` must be "fwd_over_rev" or "rev_over_rev", got {method!r}.'
+            f'`method` must be "auto", "fwd_over_rev" or "rev_over_rev", got '
+            f"{method!r}."
         )
     _validate_common(step, max_worst, chunk_size)
     bar = compare.default_bar(rtol, noise_factor)
@@ -117,29 +166,23 @@ def check_second_order(
         out = jax.eval_shape(full, None, point.dyn_params, point.dyn_args)
         _scalar_output(out)
         f0 = float(_value_jit(_ValueOf(full), point.dyn_params, point.dyn_args))
-        eps = float(jnp.finfo(out.dtype).eps)
+        out_fn, source = _gradient_function(full, point, grad_fn)
+        analytic, fallback = _choose_method(method, out_fn, point)
         checked = point.checked
-        if grad_fn is None:
-            out_fn: Callable[..., list] = _GradOf(full, point.checked_dyn)
-            source = "jax.grad"
-        else:
-            out_fn = _UserGradOf(grad_fn, full, tuple(i.path for i in checked))
-            source = callable_name(grad_fn)
         selections = {i.pos: tree.select_coords(i, coords, seed) for i in checked}
         reports = _check_blocks(
-            out_fn, point, selections, step=float(step), bar=bar,
-            analytic="jvp" if method == "fwd_over_rev" else "vjp_rows",
+            out_fn, point, selections, step=float(step), bar=bar, analytic=analytic,
             max_worst=max_worst, chunk_size=chunk_size, max_entries=max_entries,
             block_name=lambda k, info: (
                 f"d2f/d{_label(checked[k].path, 'params')} d{_label(info.path, 'params')}"
-            ), eps=eps,
+            ), eps=float(jnp.finfo(out.dtype).eps),
         )  # fmt: skip
     how = (
         "forward-over-reverse HVP (jax.jvp of "
-        if method == "fwd_over_rev"
+        if analytic == "jvp"
         else "reverse-over-reverse (jax.vjp of "
     ) + f"{source})"
-    notes = []
+    notes = [] if fallback is None else [fallback]
     n_untestable = sum(r.num_untestable for r in reports)
     if n_untestable:
         total = sum(r.num_checked for r in reports)

@@ -26,10 +26,6 @@ protocol, each step a function that returns what the next step takes:
   threaded through, dropout not fixed).
 """
 
-from ._legacy import check_after_burn_in as check_after_burn_in
-from ._legacy import check_few_datapoints as check_few_datapoints
-from ._legacy import is_loss_terms as is_loss_terms
-from ._legacy import run_protocol as run_protocol
 from .burn_in import BurnInError as BurnInError
 from .burn_in import BurnInResult as BurnInResult
 from .burn_in import BurnInWarning as BurnInWarning
@@ -56,12 +52,8 @@ __all__ = (
     "NondeterminismError",
     "assert_deterministic",
     "burn_in",
-    "check_after_burn_in",
     "check_determinism",
-    "check_few_datapoints",
     "check_loss_terms",
-    "is_loss_terms",
     "run_burn_in",
-    "run_protocol",
     "take_datapoints",
 )

@@ -97,79 +97,50 @@ def _select(grads: PyTree, pos: list[int], paths: list[str], name: str) -> list:
     return out
 
 
-def run_burn_in(
-    f: Callable[..., Any],
-    params: PyTree,
-    *args: Any,
-    steps: int,
-    learning_rate: float = 1e-2,
-    optimizer: Any = None,
-    grad_fn: Callable[..., PyTree] | None = None,
-    on_failure: OnFailure = "warn",
-    _stacklevel: int = 2,
-) -> BurnInResult:
-    """Like :func:`burn_in`, but returns the losses and the verdict too.
-
-    Args:
-      f: the scalar loss, called as ``f(params, *args)``.
-      params: any pytree; its floating-point array leaves are optimised, the
-        other leaves are left alone.
-      *args: held fixed (the batch, labels, PRNG keys).
-      steps: the number of optimisation steps (>= 1).
-      learning_rate: the step size of plain SGD (ignored with ``optimizer``).
-      optimizer: any object with optax's ``init``/``update`` interface (an
-        ``optax.GradientTransformation``); default plain SGD.
-      grad_fn: the gradient to follow, ``grad_fn(params, *args)``; default
-        ``jax.grad(f)``. Pass the gradient you are checking: it is the one your
-        training uses.
-      on_failure: what to do when the loss did not go down: ``"warn"``
-        (:class:`BurnInWarning`), ``"raise"`` (:class:`BurnInError`) or
-        ``"ignore"``.
-
-    Returns:
-      a :class:`BurnInResult`.
-
-    Raises:
-      BurnInError: with ``on_failure="raise"``, when the loss did not go down.
-      ValueError: for invalid options.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jaxcheck.protocol import run_burn_in
-      >>> result = run_burn_in(lambda w: jnp.sum((w - 3.0) ** 2), jnp.zeros(2),
-      ...                      steps=10, learning_rate=0.1)
-      >>> result.decreased, round(result.initial_loss, 3), result.final_loss < 1
-      (True, 18.0, True)
-    """
-    validate_callables(f)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(
-            f"`steps` must be an int >= 1, got {steps!r}. A burn-in of 20-200 steps "
-            "usually moves away from the initialisation."
-        )
-    if optimizer is None:
-        if not (
-            isinstance(learning_rate, int | float | np.floating)
-            and math.isfinite(learning_rate)
-            and learning_rate > 0
-        ):
-            raise ValueError(
-                f"`learning_rate` must be a positive finite number, got "
-                f"{learning_rate!r}."
-            )
-        opt_name = f"SGD (learning rate {learning_rate:g})"
-    else:
+def _optimizer_name(learning_rate: float, optimizer: Any) -> str:
+    """Validates the optimiser options and describes the optimiser."""
+    if optimizer is not None:
         if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
             raise TypeError(
                 f"`optimizer` must be an optax GradientTransformation (with `init` "
                 f"and `update`), got {type(optimizer).__name__}. E.g. "
                 "`optax.adam(1e-3)`, or leave it None for plain SGD."
             )
-        opt_name = f"optimizer {type(optimizer).__name__}"
+        return f"optimizer {type(optimizer).__name__}"
+    if not (
+        isinstance(learning_rate, int | float | np.floating)
+        and math.isfinite(learning_rate)
+        and learning_rate > 0
+    ):
+        raise ValueError(
+            f"`learning_rate` must be a positive finite number, got {learning_rate!r}."
+        )
+    return f"SGD (learning rate {learning_rate:g})"
+
+
+def _validate(steps: Any, on_failure: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"`steps` must be an int >= 1, got {steps!r}. A burn-in of 20-200 steps "
+            "usually moves away from the initialisation."
+        )
     if on_failure not in ("warn", "raise", "ignore"):
         raise ValueError(
             f'`on_failure` must be "warn", "raise" or "ignore", got {on_failure!r}.'
         )
+
+
+def _optimise(
+    f: Callable[..., Any],
+    params: PyTree,
+    args: tuple,
+    steps: int,
+    learning_rate: float,
+    optimizer: Any,
+    grad_fn: Callable[..., PyTree] | None,
+) -> tuple[PyTree, list[float]]:
+    """The parameters after ``steps`` steps, and the loss before each step and
+    after the last."""
     leaves, pos, treedef = _float_positions(params)
     _, paths, _ = tree.flatten(params)
     lr = float(learning_rate)
@@ -209,6 +180,62 @@ def run_burn_in(
             train, state = update_jit(train, grads, state)
         losses.append(float(loss))
     losses.append(float(loss_jit(train)))
+    return _merge(leaves, pos, treedef, train), losses
+
+
+def run_burn_in(
+    f: Callable[..., Any],
+    params: PyTree,
+    *args: Any,
+    steps: int,
+    learning_rate: float = 1e-2,
+    optimizer: Any = None,
+    grad_fn: Callable[..., PyTree] | None = None,
+    on_failure: OnFailure = "warn",
+    _stacklevel: int = 2,
+) -> BurnInResult:
+    """Like :func:`burn_in`, but returns the losses and the verdict too.
+
+    Use it to see how the loss moved; :func:`burn_in` is
+    ``run_burn_in(...).params``.
+
+    Args:
+      f: the scalar loss, called as ``f(params, *args)``.
+      params: any pytree; its floating-point array leaves are optimised, the
+        other leaves are left alone.
+      *args: held fixed (the batch, labels, PRNG keys).
+      steps: the number of optimisation steps (>= 1).
+      learning_rate: the step size of plain SGD (ignored with ``optimizer``).
+      optimizer: any object with optax's ``init``/``update`` interface (an
+        ``optax.GradientTransformation``); default plain SGD.
+      grad_fn: the gradient to follow, ``grad_fn(params, *args)``; default
+        ``jax.grad(f)``. Pass the gradient you are checking: it is the one your
+        training uses.
+      on_failure: what to do when the loss did not go down: ``"warn"``
+        (:class:`BurnInWarning`), ``"raise"`` (:class:`BurnInError`) or
+        ``"ignore"``.
+
+    Returns:
+      a :class:`BurnInResult`.
+
+    Raises:
+      BurnInError: with ``on_failure="raise"``, when the loss did not go down.
+      ValueError: for invalid options.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxcheck.protocol import run_burn_in
+      >>> result = run_burn_in(lambda w: jnp.sum((w - 3.0) ** 2), jnp.zeros(2),
+      ...                      steps=10, learning_rate=0.1)
+      >>> result.decreased, round(result.initial_loss, 3), result.final_loss < 1
+      (True, 18.0, True)
+    """
+    validate_callables(f)
+    _validate(steps, on_failure)
+    opt_name = _optimizer_name(learning_rate, optimizer)
+    new_params, losses = _optimise(
+        f, params, args, steps, learning_rate, optimizer, grad_fn
+    )
     decreased = math.isfinite(losses[-1]) and losses[-1] < losses[0]
     message = ""
     if not decreased:
@@ -224,7 +251,7 @@ def run_burn_in(
         if on_failure == "warn":
             warnings.warn("jaxcheck: " + message, BurnInWarning, stacklevel=_stacklevel)
     return BurnInResult(
-        params=_merge(leaves, pos, treedef, train),
+        params=new_params,
         losses=tuple(losses),
         optimizer=opt_name,
         steps=steps,
@@ -248,7 +275,8 @@ def burn_in(
     The notes: a random initialisation may not be a "characteristic" point, and
     a wrong gradient can look right there (e.g. an SVM at tiny weights, where
     every margin is violated). Check after a short burn-in, once the loss goes
-    down. This is what ``check_grads(..., burn_in=steps)`` runs first.
+    down: ``check_grads(f, burn_in(f, params, *args, steps=20), *args)``. Use
+    :func:`run_burn_in` to see the losses too.
 
     Args:
       f: the scalar loss, called as ``f(params, *args)``.
@@ -270,11 +298,14 @@ def burn_in(
 
     Examples:
       >>> import jax.numpy as jnp
+      >>> import jaxcheck
       >>> from jaxcheck.protocol import burn_in
-      >>> w = burn_in(lambda w: jnp.sum((w - 3.0) ** 2), jnp.zeros(2), steps=50,
-      ...             learning_rate=0.1)
+      >>> loss = lambda w: jnp.sum((w - 3.0) ** 2)
+      >>> w = burn_in(loss, jnp.zeros(2), steps=5, learning_rate=0.1)
       >>> [round(float(v), 3) for v in w]
-      [3.0, 3.0]
+      [2.017, 2.017]
+      >>> jaxcheck.check_grads(loss, w).passed
+      True
     """
     return run_burn_in(
         f, params, *args, steps=steps, learning_rate=learning_rate,

@@ -51,6 +51,60 @@ class DatapointsCut:
         }
 
 
+def _argnums(argnums: Sequence[int] | int | None, n: int) -> tuple[int, ...] | None:
+    """``argnums`` as non-negative positions, validated."""
+    if argnums is None:
+        return None
+    if isinstance(argnums, int):
+        argnums = (argnums,)
+    for i in argnums:
+        if not isinstance(i, int) or not -n <= i < n:
+            raise ValueError(
+                f"`argnums` entry {i!r} is not the position of an argument "
+                f"(there are {n} args after params)."
+            )
+    return tuple(i % n for i in argnums)
+
+
+def _batch_arrays(
+    args: tuple, axis: int, argnums: tuple[int, ...] | None
+) -> tuple[list[tuple[int, str, str]], int]:
+    """The batch arrays ``(arg, keystr path, name)`` to cut, and the batch size:
+    the most common size along ``axis`` (the only one allowed with ``argnums``)."""
+    found: list[tuple[int, str, str, int]] = []
+    for i, arg in enumerate(args):
+        if argnums is not None and i not in argnums:
+            continue
+        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
+            name = f"args[{i}]{jax.tree_util.keystr(path)}"
+            if not _is_array_like(leaf) or _is_key(leaf):
+                continue
+            shape = np.shape(leaf)
+            if len(shape) <= axis:
+                if argnums is not None:
+                    raise ValueError(
+                        f"{name} has shape {shape}, which has no axis {axis}; every "
+                        "array in the `argnums` arguments must be a batch."
+                    )
+                continue
+            found.append((i, jax.tree_util.keystr(path), name, int(shape[axis])))
+    if not found:
+        raise ValueError(
+            f"No batch array with an axis {axis} among the arguments "
+            f"({len(args)} args). Pass the batch as an argument of f, or choose "
+            "`axis=` / `argnums=`."
+        )
+    sizes = [c[3] for c in found]
+    if argnums is not None and len(set(sizes)) > 1:
+        raise ValueError(
+            f"The arrays of `argnums` have different sizes along axis {axis}: "
+            f"{sorted({(c[2], c[3]) for c in found})}. They must share the "
+            "batch size."
+        )
+    batch = max(sizes, key=lambda s: (sizes.count(s), -sizes.index(s)))
+    return [c[:3] for c in found if c[3] == batch], batch
+
+
 def take_datapoints(
     args: Sequence[Any],
     k: int = 3,
@@ -63,7 +117,8 @@ def take_datapoints(
 
     The notes: fewer datapoints mean fewer kinks to cross and a faster check,
     and a gradient that checks on 2-3 datapoints almost certainly checks on the
-    whole batch.
+    whole batch. Check on them with ``check_grads(f, params, *new_args)``;
+    ``cut.describe()`` says what was kept.
 
     Args:
       args: the arguments ``f(params, *args)`` takes after ``params`` (pytrees).
@@ -91,60 +146,22 @@ def take_datapoints(
       >>> (x2, y2), cut = take_datapoints((x, y), k=2)
       >>> x2.shape, y2.shape, cut.batch_size
       ((2, 5), (2,), 128)
+      >>> import jaxcheck
+      >>> loss = lambda w, x, y: jnp.mean(jnp.tanh(x @ w) ** 2)
+      >>> jaxcheck.check_grads(loss, jnp.full(5, 0.1), x2, y2).num_checked
+      5
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be an int >= 1 examples, got {k!r}.")
     args = tuple(args)
-    if isinstance(argnums, int):
-        argnums = (argnums,)
-    if argnums is not None:
-        for i in argnums:
-            if not isinstance(i, int) or not -len(args) <= i < len(args):
-                raise ValueError(
-                    f"`argnums` entry {i!r} is not the position of an argument "
-                    f"(there are {len(args)} args after params)."
-                )
-        argnums = tuple(i % len(args) for i in argnums)
-
-    candidates: list[tuple[int, Any, str, int]] = []  # (arg, path, name, size)
-    for i, arg in enumerate(args):
-        if argnums is not None and i not in argnums:
-            continue
-        for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
-            name = f"args[{i}]{jax.tree_util.keystr(path)}"
-            if not _is_array_like(leaf) or _is_key(leaf):
-                continue
-            shape = np.shape(leaf)
-            if len(shape) <= axis:
-                if argnums is not None:
-                    raise ValueError(
-                        f"{name} has shape {shape}, which has no axis {axis}; every "
-                        "array in the `argnums` arguments must be a batch."
-                    )
-                continue
-            candidates.append((i, path, name, int(shape[axis])))
-    if not candidates:
-        raise ValueError(
-            f"No batch array with an axis {axis} among the arguments "
-            f"({len(args)} args). Pass the batch as an argument of f, or choose "
-            "`axis=` / `argnums=`."
-        )
-    sizes = [c[3] for c in candidates]
-    batch = max(sizes, key=lambda s: (sizes.count(s), -sizes.index(s)))
-    if argnums is not None and len(set(sizes)) > 1:
-        raise ValueError(
-            f"The arrays of `argnums` have different sizes along axis {axis}: "
-            f"{sorted({(c[2], c[3]) for c in candidates})}. They must share the "
-            "batch size."
-        )
-    chosen = [c for c in candidates if c[3] == batch]
+    chosen, batch = _batch_arrays(args, axis, _argnums(argnums, len(args)))
     if k >= batch:
         indices = np.arange(batch)
     elif seed is None:
         indices = np.arange(k)
     else:
         indices = np.sort(np.random.default_rng(seed).choice(batch, k, replace=False))
-    names = {(c[0], jax.tree_util.keystr(c[1])) for c in chosen}
+    names = {(i, path) for i, path, _ in chosen}
     idx = jnp.asarray(indices)
 
     def cut_arg(i: int, arg: Any) -> Any:
@@ -161,7 +178,7 @@ def take_datapoints(
         axis=axis,
         batch_size=batch,
         indices=tuple(int(j) for j in indices),
-        cut=tuple(c[2] for c in chosen),
+        cut=tuple(name for _, _, name in chosen),
     )
     return new_args, info
 

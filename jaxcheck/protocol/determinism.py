@@ -260,7 +260,8 @@ def assert_deterministic(
 ) -> DeterminismReport:
     """Like :func:`check_determinism`, but raises when ``f`` is not deterministic.
 
-    This is what ``check_grads`` runs before a check (a few evaluations).
+    Call it before a check: ``check_grads`` assumes ``f`` is a function of its
+    arguments and does not test it (that takes a few more evaluations).
 
     Raises:
       NondeterminismError: (a ``ValueError``) naming the likely cause: a PRNG key

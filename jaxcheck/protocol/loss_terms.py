@@ -31,17 +31,6 @@ class DominatedTermWarning(UserWarning):
 
 
 @dataclasses.dataclass(frozen=True)
-class _TermOf:
-    """Hashable ``(params, *args) -> terms(params, *args)[name]``."""
-
-    terms: Callable[..., Mapping[str, Any]]
-    name: str
-
-    def __call__(self, params: PyTree, *args: Any) -> jax.Array:
-        return self.terms(params, *args)[self.name]
-
-
-@dataclasses.dataclass(frozen=True)
 class _SumOf:
     """Hashable sum of the terms."""
 
@@ -223,39 +212,92 @@ class LossTermsReport:
 
 
 def _resolve_terms(
-    terms: Mapping[str, Callable[..., Any]] | Callable[..., Mapping[str, Any]],
+    terms: Mapping[str, Callable[..., Any]], grad_fns: Mapping[str, Callable] | None
+) -> tuple[dict[str, Callable[..., Any]], dict[str, Callable[..., PyTree]]]:
+    """``(terms, grad_fns)`` as plain dicts, validated."""
+    if not isinstance(terms, Mapping):
+        raise TypeError(
+            "`terms` must be a dict {name: f(params, *args)} of scalar loss "
+            f"functions, got {type(terms).__name__}. For one function `fn` that "
+            "returns a dict of terms, pass "
+            "`{n: (lambda p, *a, n=n: fn(p, *a)[n]) for n in names}`."
+        )
+    if not terms:
+        raise ValueError("`terms` is an empty dict; give at least one loss term.")
+    bad = [n for n, fn in terms.items() if not callable(fn)]
+    if bad:
+        raise TypeError(
+            f"Every value of `terms` must be a function f(params, *args); the "
+            f"terms {bad} are not callable."
+        )
+    fns = {str(n): fn for n, fn in terms.items()}
+    grads = dict(grad_fns or {})
+    unknown = [n for n in grads if n not in fns]
+    if unknown:
+        raise ValueError(
+            f"`grad_fns` names terms {unknown} that are not among the loss terms "
+            f"{list(fns)}."
+        )
+    return fns, grads
+
+
+def _gradient_norms(
+    fns: dict[str, Callable[..., Any]],
+    grad_fns: dict[str, Callable[..., PyTree]],
     params: PyTree,
     args: tuple,
-) -> dict[str, Callable[..., Any]]:
-    if isinstance(terms, Mapping):
-        if not terms:
-            raise ValueError(
-                "`terms` is an empty mapping; give at least one loss term."
-            )
-        bad = [n for n, fn in terms.items() if not callable(fn)]
-        if bad:
-            raise TypeError(
-                f"Every value of `terms` must be a function f(params, *args); the "
-                f"terms {bad} are not callable."
-            )
-        return {str(n): fn for n, fn in terms.items()}
-    if not callable(terms):
-        raise TypeError(
-            "`terms` must be a mapping {name: f(params, *args)} or a function "
-            f"returning such a mapping, got {type(terms).__name__}."
-        )
+) -> dict[str, dict[str, float]]:
+    """``{term: {leaf path: |gradient of the term on that leaf|}}`` in float64."""
+    leaf_norms: dict[str, dict[str, float]] = {}
     with jax.enable_x64(True):
-        out = jax.eval_shape(terms, params, *args)
-    if not isinstance(out, Mapping) or not out:
-        raise TypeError(
-            "`terms(params, *args)` must return a non-empty dict of scalar losses, "
-            f"e.g. {{'data': ..., 'reg': ...}}; got {type(out).__name__}."
+        point = _prepare(params, args)
+        dp, da = point.dyn_params, point.dyn_args
+        paths = tuple(i.path for i in point.checked)
+        for name, fn in fns.items():
+            full = point.fn(fn)
+            if name in grad_fns:
+                grads = _UserGradOf(grad_fns[name], full, paths)(dp, da)
+            else:
+                grads = _value_jit(_GradOf(full, point.checked_dyn), dp, da)
+            leaf_norms[name] = {
+                p: float(np.linalg.norm(np.asarray(g, np.float64)))
+                for p, g in zip(paths, grads, strict=True)
+            }
+    return leaf_norms
+
+
+def _dominated(
+    grad_norms: dict[str, float], dominance: float
+) -> tuple[tuple[str, ...], list[str]]:
+    """The dominated terms, and one note per dominated term saying what it means."""
+    top_name = max(grad_norms, key=lambda n: grad_norms[n])
+    top = grad_norms[top_name]
+    dominated = tuple(
+        n
+        for n in grad_norms
+        if n != top_name and (top > 0 and grad_norms[n] * dominance < top)
+    )
+    notes = []
+    for n in dominated:
+        ratio = grad_norms[n] / top
+        size = (
+            "zero at this point"
+            if ratio == 0
+            else f"{1 / ratio:.3g} times smaller than that of {top_name!r}"
         )
-    return {str(n): _TermOf(terms, n) for n in out}
+        notes.append(
+            f"the gradient of loss term {n!r} is {size} (norms {grad_norms[n]:.3g} vs "
+            f"{top:.3g}). In the sum, a bug in {n!r} changes the gradient by only "
+            f"~{ratio:.2g} relative, so a check of the sum with a bar above that "
+            f"would miss it; this report checks {n!r} on its own. To check it inside "
+            "the sum too, raise its weight (e.g. the regularization strength) for "
+            "the check."
+        )
+    return dominated, notes
 
 
 def check_loss_terms(
-    terms: Mapping[str, Callable[..., Any]] | Callable[..., Mapping[str, Any]],
+    terms: Mapping[str, Callable[..., Any]],
     params: PyTree,
     *args: Any,
     grad_fns: Mapping[str, Callable[..., PyTree]] | None = None,
@@ -274,8 +316,8 @@ def check_loss_terms(
     a relative error of 0.5.
 
     Args:
-      terms: ``{"data": f_data, "reg": f_reg, ...}`` (each called as
-        ``f(params, *args)``), or one function returning such a dict of scalars.
+      terms: ``{"data": f_data, "reg": f_reg, ...}``, each a scalar function
+        called as ``f(params, *args)``.
       params: any pytree.
       *args: held fixed, passed to every term.
       grad_fns: hand-written gradients of some terms, ``{name: grad_fn}``; the
@@ -290,8 +332,8 @@ def check_loss_terms(
       a :class:`LossTermsReport`.
 
     Raises:
-      TypeError: if ``terms`` is neither a dict of functions nor a function
-        returning a dict, or ``grad_fn`` is passed (use ``grad_fns``).
+      TypeError: if ``terms`` is not a dict of functions, or ``grad_fn`` is
+        passed (use ``grad_fns``).
       ValueError: if ``grad_fns`` names an unknown term, or ``dominance <= 1``.
 
     Examples:
@@ -317,72 +359,22 @@ def check_loss_terms(
             f"`dominance` must be a number > 1, got {dominance!r}; e.g. 100 flags a "
             "term whose gradient is 100 times smaller than another's."
         )
-    fns = _resolve_terms(terms, params, args)
-    grad_fns = dict(grad_fns or {})
-    unknown = [n for n in grad_fns if n not in fns]
-    if unknown:
-        raise ValueError(
-            f"`grad_fns` names terms {unknown} that are not among the loss terms "
-            f"{list(fns)}."
-        )
-    check = check_grads
+    fns, grad_fns = _resolve_terms(terms, grad_fns)
     reports = {
-        name: check(fn, params, *args, grad_fn=grad_fns.get(name), **check_kwargs)
+        name: check_grads(fn, params, *args, grad_fn=grad_fns.get(name), **check_kwargs)
         for name, fn in fns.items()
     }
-    total_fn = _SumOf(tuple(fns.values()))
-    total = check(
-        total_fn, params, *args,
+    total = check_grads(
+        _SumOf(tuple(fns.values())), params, *args,
         grad_fn=_SumGrad(fns, grad_fns) if grad_fns else None, **check_kwargs,
     )  # fmt: skip
-
-    # Gradient norms of every term, in float64, over the checked leaves.
-    grad_norms: dict[str, float] = {}
-    leaf_norms: dict[str, dict[str, float]] = {}
-    with jax.enable_x64(True):
-        point = _prepare(params, args)
-        paths = tuple(i.path for i in point.checked)
-        for name, fn in fns.items():
-            full = point.fn(fn)
-            if name in grad_fns:
-                grads = _UserGradOf(grad_fns[name], full, paths)(
-                    point.dyn_params, point.dyn_args
-                )
-            else:
-                grads = _value_jit(
-                    _GradOf(full, point.checked_dyn), point.dyn_params, point.dyn_args
-                )
-            per = {
-                p: float(np.linalg.norm(np.asarray(g, np.float64)))
-                for p, g in zip(paths, grads, strict=True)
-            }
-            leaf_norms[name] = per
-            grad_norms[name] = math.sqrt(sum(v * v for v in per.values()))
-    top_name = max(grad_norms, key=lambda n: grad_norms[n])
-    top = grad_norms[top_name]
-    dominated = tuple(
-        n
-        for n in fns
-        if n != top_name and (top > 0 and grad_norms[n] * dominance < top)
-    )
-    notes = []
-    for n in dominated:
-        ratio = grad_norms[n] / top
-        msg = (
-            f"the gradient of loss term {n!r} is "
-            + (
-                "zero at this point"
-                if ratio == 0
-                else f"{1 / ratio:.3g} times smaller than that of {top_name!r}"
-            )
-            + f" (norms {grad_norms[n]:.3g} vs {top:.3g}). In the sum, a bug in {n!r} "
-            f"changes the gradient by only ~{ratio:.2g} relative, so a check of the "
-            f"sum with a bar above that would miss it; this report checks {n!r} on "
-            "its own. To check it inside the sum too, raise its weight (e.g. the "
-            "regularization strength) for the check."
-        )
-        notes.append(msg)
-        if warn:
+    leaf_norms = _gradient_norms(fns, grad_fns, params, args)
+    grad_norms = {
+        n: math.sqrt(sum(v * v for v in per.values())) for n, per in leaf_norms.items()
+    }
+    dominated, notes = _dominated(grad_norms, dominance)
+    if warn:
+        for msg in notes:
             warnings.warn("jaxcheck: " + msg, DominatedTermWarning, stacklevel=2)
     return LossTermsReport(
         terms=reports,
