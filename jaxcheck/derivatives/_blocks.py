@@ -5,6 +5,7 @@ column, and their report.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -16,17 +17,19 @@ import numpy as np
 
 from .. import compare, tree
 from ..report import (
-    CoordResult,
     GradCheckReport,
     LeafReport,
 )
 from ._common import (
     _BATCH_BUDGET,
+    _device,
+    _entry_report,
     _fmt_e,
     _plural,
     _Point,
     _pow2_floor,
     _replace,
+    _untestable_note,
     _value_jit,
 )
 
@@ -166,6 +169,78 @@ class BlockCheckReport(GradCheckReport):
         return super().to_dict() | {"kind": self.kind}
 
 
+def _block_chunk(
+    out_sizes: list[int],
+    selections: dict,
+    checked: list,
+    chunk_size: int | None,
+    max_entries: int,
+) -> int:
+    """Input coordinates per batch; refuses a check of more than ``max_entries``."""
+    out_total = max(sum(out_sizes), 1)
+    n_in = sum(len(selections[i.pos]) for i in checked)
+    if n_in * out_total > max_entries:
+        raise ValueError(
+            f"This check compares {n_in * out_total:,} derivative entries "
+            f"({out_total:,} outputs x {n_in:,} input coordinates), more than "
+            f"`max_entries`={max_entries:,}. Sample input coordinates with "
+            "`coords=k` (e.g. coords=16), or raise `max_entries`."
+        )
+    if chunk_size is not None:
+        return int(chunk_size)
+    return _pow2_floor(min(256, _BATCH_BUDGET // (8 * 4 * out_total)))
+
+
+def _leaf_columns(
+    out_fn: Callable[..., list],
+    point: _Point,
+    n_in: int,
+    indices: np.ndarray,
+    analytic: str | list,
+    chunk: int,
+    step: float,
+    n_out: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """``f(x + h e_i)``, ``f(x - h e_i)`` and the analytic column for every
+    selected coordinate ``i`` of checked leaf ``n_in``: one ``(len(indices),
+    output size)`` array per output leaf each. ``analytic`` is ``"jvp"``,
+    ``"vjp_rows"``, or the host Jacobian blocks of ``jax.jacrev``."""
+    dp, da = point.dyn_params, point.dyn_args
+    info = point.checked[n_in]
+    a = point.dyn_pos[info.pos]
+    x_flat = dp[a].reshape(-1)
+    h = jnp.asarray(step, jnp.float64)
+    parts: list[list[list[np.ndarray]]] = [[[] for _ in range(n_out)] for _ in "pma"]
+    for lo in range(0, len(indices), chunk):
+        part = indices[lo : lo + chunk]
+        block = np.full(chunk, part[0], dtype=np.int32)
+        block[: len(part)] = part
+        idx = jnp.asarray(block)
+        plus, minus = _fd_columns_jit(out_fn, a, info.shape, x_flat, idx, h, dp, da)
+        if analytic == "jvp":
+            an = _jvp_columns_jit(out_fn, a, info.shape, idx, dp, da)
+        elif analytic == "vjp_rows":
+            an = _vjp_rows_jit(out_fn, n_in, point.checked_dyn, idx, dp, da)
+        else:
+            an = [analytic[k][n_in][:, block].T for k in range(n_out)]
+        for dst, src in zip(parts, (plus, minus, an), strict=True):
+            for k in range(n_out):
+                dst[k].append(np.asarray(src[k], np.float64)[: len(part)])
+    fps, fms, ans = ([np.concatenate(c) for c in cols] for cols in parts)
+    return fps, fms, ans
+
+
+def _block_index(
+    out_shape: tuple[int, ...],
+    indices: np.ndarray,
+    in_shape: tuple[int, ...],
+    e: int,
+) -> tuple[int, ...]:
+    """The index in a block of its flat entry ``e``: output index, then input."""
+    r, j = divmod(e, max(math.prod(out_shape), 1))
+    return tree.unravel(j, out_shape) + tree.unravel(int(indices[r]), in_shape)
+
+
 def _check_blocks(
     out_fn: Callable[..., list],
     point: _Point,
@@ -180,108 +255,74 @@ def _check_blocks(
     block_name: Callable[[int, tree.LeafInfo], str],
     eps: float,
 ) -> list[LeafReport]:
-    """Numeric vs analytic columns of ``d out_fn / d (checked leaves)``."""
+    """Numeric vs analytic columns of ``d out_fn / d (checked leaves)``: one
+    report per block (output leaf, checked input leaf)."""
     dp, da = point.dyn_params, point.dyn_args
-    checked = point.checked
     outs0 = _value_jit(out_fn, dp, da)
-    g0 = [np.asarray(o, np.float64).reshape(-1) for o in outs0]
-    out_sizes = [o.size for o in g0]
     out_shapes = [tuple(np.shape(o)) for o in outs0]
-    out_total = max(sum(out_sizes), 1)
-    total = sum(len(selections[i.pos]) for i in checked) * out_total
-    if total > max_entries:
-        raise ValueError(
-            f"This check compares {total:,} derivative entries ({out_total:,} outputs "
-            f"x {sum(len(selections[i.pos]) for i in checked):,} input coordinates), "
-            f"more than `max_entries`={max_entries:,}. Sample input coordinates with "
-            "`coords=k` (e.g. coords=16), or raise `max_entries`."
-        )
-    maxabs = [float(np.max(np.abs(o))) if o.size else 0.0 for o in g0]
-    in_idx = point.checked_dyn
-    jac = None
+    out_sizes = [int(np.size(o)) for o in outs0]
+    maxabs = [float(np.max(np.abs(o))) if np.size(o) else 0.0 for o in outs0]
+    chunk = _block_chunk(out_sizes, selections, point.checked, chunk_size, max_entries)
+    how: str | list = analytic
     if analytic == "jacrev":
-        jac = [
+        how = [
             [np.asarray(blk, np.float64).reshape(out_sizes[k], -1) for blk in row]
-            for k, row in enumerate(_jacrev_full_jit(out_fn, in_idx, dp, da))
+            for k, row in enumerate(_jacrev_full_jit(out_fn, point.checked_dyn, dp, da))
         ]
-    if chunk_size is None:
-        chunk = _pow2_floor(min(256, _BATCH_BUDGET // (8 * 4 * out_total)))
-    else:
-        chunk = int(chunk_size)
     reports: list[LeafReport] = []
-    h = jnp.asarray(step, jnp.float64)
-    for n_in, info in enumerate(checked):
+    for n_in, info in enumerate(point.checked):
         t0 = time.perf_counter()
-        a = point.dyn_pos[info.pos]
-        x_flat = dp[a].reshape(-1)
         indices = selections[info.pos]
         c = max(1, min(chunk, _pow2_floor(len(indices))))
-        fps: list[list[np.ndarray]] = [[] for _ in g0]
-        fms: list[list[np.ndarray]] = [[] for _ in g0]
-        ans: list[list[np.ndarray]] = [[] for _ in g0]
-        for lo in range(0, len(indices), c):
-            part = indices[lo : lo + c]
-            block = np.full(c, part[0], dtype=np.int32)
-            block[: len(part)] = part
-            idx = jnp.asarray(block)
-            plus, minus = _fd_columns_jit(out_fn, a, info.shape, x_flat, idx, h, dp, da)
-            if analytic == "jvp":
-                an = _jvp_columns_jit(out_fn, a, info.shape, idx, dp, da)
-            elif analytic == "vjp_rows":
-                an = _vjp_rows_jit(out_fn, n_in, in_idx, idx, dp, da)
-            else:
-                assert jac is not None
-                an = [jac[k][n_in][:, block].T for k in range(len(g0))]
-            for k in range(len(g0)):
-                fps[k].append(np.asarray(plus[k], np.float64)[: len(part)])
-                fms[k].append(np.asarray(minus[k], np.float64)[: len(part)])
-                ans[k].append(np.asarray(an[k], np.float64)[: len(part)])
-        x_host = np.asarray(x_flat)[indices]
+        fps, fms, ans = _leaf_columns(
+            out_fn, point, n_in, indices, how, c, step, len(outs0)
+        )
+        x_host = np.asarray(dp[point.dyn_pos[info.pos]]).reshape(-1)[indices]
         h_real = ((x_host + step) - (x_host - step))[:, None]
-        seconds = (time.perf_counter() - t0) / max(len(g0), 1)
-        for k in range(len(g0)):
-            fp = np.concatenate(fps[k])
-            fm = np.concatenate(fms[k])
-            a_val = np.concatenate(ans[k])
-            numeric = (fp - fm) / h_real
-            rel = compare.relative_error(a_val, numeric)
-            scale = np.maximum(np.maximum(np.abs(fp), np.abs(fm)), maxabs[k])
-            noise = bar.noise_factor * eps * scale / h_real
-            codes = compare.verdicts(a_val, numeric, noise, bar.rtol)
-            flat_rel, flat_codes = rel.reshape(-1), codes.reshape(-1)
-            order = np.lexsort(
-                (-flat_rel, -(flat_codes == compare.WRONG).astype(np.int8))
-            )
-            worst = []
-            for e in order[:max_worst]:
-                r, j = divmod(int(e), out_sizes[k])
-                worst.append(
-                    CoordResult(
-                        index=tree.unravel(j, out_shapes[k])
-                        + tree.unravel(indices[r], info.shape),
-                        analytic=float(a_val[r, j]),
-                        numeric=float(numeric[r, j]),
-                        rel_error=float(rel[r, j]),
-                        verdict=compare.VERDICT_NAMES[flat_codes[e]],
-                        f_plus=float(fp[r, j]),
-                        f_minus=float(fm[r, j]),
-                    )
-                )
+        seconds = (time.perf_counter() - t0) / max(len(outs0), 1)
+        for k in range(len(outs0)):
+            where = functools.partial(_block_index, out_shapes[k], indices, info.shape)
             reports.append(
-                LeafReport(
-                    path=block_name(k, info),
-                    shape=out_shapes[k] + info.shape,
-                    dtype=info.dtype,
-                    num_checked=int(rel.size),
-                    max_rel_error=float(rel.max()) if rel.size else 0.0,
-                    band_counts=compare.band_counts(rel),
-                    num_ok=int((codes == compare.OK).sum()),
-                    num_wrong=int((codes == compare.WRONG).sum()),
-                    num_untestable=int((codes == compare.UNTESTABLE).sum()),
-                    worst=tuple(worst),
-                    step=step,
-                    chunk_size=c,
-                    seconds=seconds,
+                _entry_report(
+                    block_name(k, info), out_shapes[k] + info.shape, info.dtype, where,
+                    ans[k], fps[k], fms[k], h_real, maxabs[k], eps=eps, bar=bar,
+                    step=step, max_worst=max_worst, chunk=c, seconds=seconds,
                 )
-            )
+            )  # fmt: skip
     return reports
+
+
+def _blocks_report(
+    reports: list[LeafReport],
+    point: _Point,
+    bar: compare.Bar,
+    step: float,
+    t_start: float,
+    *,
+    kind: str,
+    method: str,
+    grad_source: str,
+    f_value: float,
+    notes: tuple[str, ...] = (),
+) -> BlockCheckReport:
+    """The :class:`BlockCheckReport` of :func:`_check_blocks`' reports, with a
+    note when entries were untestable."""
+    n_untestable = sum(r.num_untestable for r in reports)
+    if n_untestable:
+        total = sum(r.num_checked for r in reports)
+        notes = (*notes, _untestable_note(n_untestable, total, bar))
+    return BlockCheckReport(
+        leaves=tuple(reports),
+        skipped=point.skipped,
+        rtol=bar.rtol,
+        bar_reason=bar.reason,
+        step=float(step),
+        method=method,
+        dtype="float64",
+        grad_source=grad_source,
+        f_value=f_value,
+        device=_device(),
+        seconds=time.perf_counter() - t_start,
+        notes=notes,
+        kind=kind,
+    )

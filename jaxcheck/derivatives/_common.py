@@ -16,6 +16,8 @@ import numpy as np
 from .. import compare, engine, tree
 from ..options import callable_name
 from ..report import (
+    CoordResult,
+    LeafReport,
     SkippedLeaf,
 )
 
@@ -274,3 +276,65 @@ def _validate_vector_output(out: Any) -> None:
                 f"{path or 'f'} is {leaf}. Return only the differentiable outputs "
                 "(drop integer outputs, take `jnp.real` of complex ones)."
             )
+
+
+def _entry_report(
+    path: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    index_of: Callable[[int], tuple[int, ...]],
+    analytic: np.ndarray,
+    fp: np.ndarray,
+    fm: np.ndarray,
+    h_real: np.ndarray,
+    scale_floor: Any,
+    *,
+    eps: float,
+    bar: compare.Bar,
+    step: float,
+    max_worst: int,
+    chunk: int,
+    seconds: float,
+) -> LeafReport:
+    """The verdicts of centered differences ``(fp - fm) / h_real`` against
+    ``analytic``, entry by entry, as one :class:`jaxcheck.LeafReport`.
+
+    ``analytic``, ``fp`` and ``fm`` share a shape; ``h_real`` and
+    ``scale_floor`` (the least ``|f|`` the round-off allowance assumes)
+    broadcast to it; ``index_of`` maps a flat entry to its reported index.
+    """
+    numeric = (fp - fm) / h_real
+    rel = compare.relative_error(analytic, numeric)
+    scale = np.maximum(np.maximum(np.abs(fp), np.abs(fm)), scale_floor)
+    noise = bar.noise_factor * eps * scale / h_real
+    codes = compare.verdicts(analytic, numeric, noise, bar.rtol)
+    flat = [np.ravel(v) for v in (analytic, numeric, rel, codes, fp, fm)]
+    a_f, n_f, r_f, c_f, p_f, m_f = flat
+    order = np.lexsort((-r_f, -(c_f == compare.WRONG).astype(np.int8)))
+    worst = tuple(
+        CoordResult(
+            index=index_of(int(e)),
+            analytic=float(a_f[e]),
+            numeric=float(n_f[e]),
+            rel_error=float(r_f[e]),
+            verdict=compare.VERDICT_NAMES[c_f[e]],
+            f_plus=float(p_f[e]),
+            f_minus=float(m_f[e]),
+        )
+        for e in order[:max_worst]
+    )
+    return LeafReport(
+        path=path,
+        shape=shape,
+        dtype=dtype,
+        num_checked=int(rel.size),
+        max_rel_error=float(rel.max()) if rel.size else 0.0,
+        band_counts=compare.band_counts(rel),
+        num_ok=int((codes == compare.OK).sum()),
+        num_wrong=int((codes == compare.WRONG).sum()),
+        num_untestable=int((codes == compare.UNTESTABLE).sum()),
+        worst=worst,
+        step=step,
+        chunk_size=chunk,
+        seconds=seconds,
+    )

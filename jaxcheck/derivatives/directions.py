@@ -24,6 +24,7 @@ from ._common import (
     PyTree,
     _device,
     _GradOf,
+    _Point,
     _pow2_floor,
     _prepare,
     _scalar_output,
@@ -311,6 +312,123 @@ def _localize(
     return found, "complete"
 
 
+_TINY = (
+    "some leaves had every direction within round-off noise: their gradients are "
+    "tiny against |f|; scale the loss up or use a larger step."
+)
+
+
+def _num_directions(
+    num: int | None,
+    risk: float | None,
+    error_size: float,
+    rtol: float,
+    max_groups: int,
+) -> int:
+    """``K`` from ``num`` or from ``risk`` (default 4), validated with
+    ``max_groups``."""
+    if not isinstance(max_groups, int) or max_groups < 1:
+        raise ValueError(f"`max_groups` must be an int >= 1, got {max_groups!r}.")
+    if num is not None and risk is not None:
+        raise ValueError(
+            f"Pass either `num` (directions per leaf) or `risk` (the accepted "
+            f"probability of missing a bug), not both; got num={num!r}, risk={risk!r}."
+        )
+    if risk is not None:
+        num = directions_for_risk(risk, error_size, rtol)
+    elif num is None:
+        num = 4
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"`num` must be an int >= 1 directions per leaf, got {num!r}.")
+    return num
+
+
+def _check_leaf(
+    f: Callable[..., Any],
+    point: _Point,
+    info: tree.LeafInfo,
+    g: Any,
+    *,
+    num: int,
+    seed: int,
+    step: float,
+    f0: float,
+    eps: float,
+    bar: compare.Bar,
+    budget: int,
+    localize: bool,
+    max_groups: int,
+) -> DirectionLeafReport:
+    """``num`` random directions of one leaf, then the bisection of the worst
+    wrong one."""
+    t0 = time.perf_counter()
+    dp, da = point.dyn_params, point.dyn_args
+    x = dp[point.dyn_pos[info.pos]].reshape(-1)
+    n = int(x.shape[0])
+    v_host = np.random.default_rng([int(seed), info.pos]).standard_normal((num, n))
+    tester = _GroupTester(
+        point.fn(f, info.pos, info.shape), x,
+        jnp.asarray(g, jnp.float64).reshape(-1), jnp.asarray(v_host),
+        float(step), dp, da, f0, eps, bar, budget,
+    )  # fmt: skip
+    top = tester(np.arange(num), np.zeros(num, int), np.full(num, n))
+    directions = tuple(
+        DirectionResult(
+            analytic=float(top["analytic"][k]),
+            numeric=float(top["numeric"][k]),
+            rel_error=float(top["rel"][k]),
+            verdict=compare.VERDICT_NAMES[top["codes"][k]],
+        )
+        for k in range(num)
+    )
+    wrong = np.flatnonzero(top["codes"] == compare.WRONG)
+    localized: list[CoordResult] = []
+    status = "not needed"
+    if len(wrong) and not localize:
+        status = "off"
+    elif len(wrong):
+        k = int(wrong[np.argmax(top["rel"][wrong])])
+        localized, status = _localize(
+            tester, k, n, v_host[k], info.shape, top, k, max_groups
+        )
+    return DirectionLeafReport(
+        path=info.path,
+        shape=info.shape,
+        dtype=info.dtype,
+        directions=directions,
+        localized=tuple(localized),
+        localization=status,
+        num_evaluations=tester.evaluations,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _value_and_grads(
+    f: Callable[..., Any], point: _Point, grad_fn: Callable[..., PyTree] | None
+) -> tuple[float, float, list, str]:
+    """``f`` at the point, its eps, the analytic gradient of every checked leaf
+    (shapes checked) and its source."""
+    full = point.fn(f)
+    dp, da = point.dyn_params, point.dyn_args
+    out = jax.eval_shape(full, None, dp, da)
+    _scalar_output(out)
+    f0 = float(_value_jit(_ValueOf(full), dp, da))
+    if grad_fn is None:
+        grads = _value_jit(_GradOf(full, point.checked_dyn), dp, da)
+        source = "jax.grad"
+    else:
+        paths = tuple(i.path for i in point.checked)
+        grads = _UserGradOf(grad_fn, full, paths)(dp, da)
+        source = callable_name(grad_fn)
+    for info, g in zip(point.checked, grads, strict=True):
+        if tuple(np.shape(g)) != info.shape:
+            raise ValueError(
+                f"`grad_fn` ({source}) returned shape {tuple(np.shape(g))} for "
+                f"leaf {info.path}, which has shape {info.shape}."
+            )
+    return f0, float(jnp.finfo(out.dtype).eps), list(grads), source
+
+
 def check_directions(
     f: Callable[..., Any],
     params: PyTree,
@@ -389,105 +507,25 @@ def check_directions(
     validate_callables(f, grad_fn)
     _validate_common(step, 0, None)
     bar = compare.default_bar(rtol, noise_factor)
-    if num is not None and risk is not None:
-        raise ValueError(
-            f"Pass either `num` (directions per leaf) or `risk` (the accepted "
-            f"probability of missing a bug), not both; got num={num!r}, risk={risk!r}."
-        )
-    if risk is not None:
-        num = directions_for_risk(risk, error_size, bar.rtol)
-    elif num is None:
-        num = 4
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"`num` must be an int >= 1 directions per leaf, got {num!r}.")
-    if not isinstance(max_groups, int) or max_groups < 1:
-        raise ValueError(f"`max_groups` must be an int >= 1, got {max_groups!r}.")
+    num = _num_directions(num, risk, error_size, bar.rtol, max_groups)
     budget = _BATCH_BUDGET * 4 if memory_budget is None else int(memory_budget)
     t_start = time.perf_counter()
     with jax.enable_x64(True):
         point = _prepare(params, args)
-        full = point.fn(f)
-        dp, da = point.dyn_params, point.dyn_args
-        out = jax.eval_shape(full, None, dp, da)
-        _scalar_output(out)
-        eps = float(jnp.finfo(out.dtype).eps)
-        f0 = float(_value_jit(_ValueOf(full), dp, da))
-        checked = point.checked
-        if grad_fn is None:
-            grads = _value_jit(_GradOf(full, point.checked_dyn), dp, da)
-            source = "jax.grad"
-        else:
-            grads = _UserGradOf(grad_fn, full, tuple(i.path for i in checked))(dp, da)
-            source = callable_name(grad_fn)
-        leaves = []
-        for info, g in zip(checked, grads, strict=True):
-            t0 = time.perf_counter()
-            if tuple(np.shape(g)) != info.shape:
-                raise ValueError(
-                    f"`grad_fn` ({source}) returned shape {tuple(np.shape(g))} for "
-                    f"leaf {info.path}, which has shape {info.shape}."
-                )
-            a = point.dyn_pos[info.pos]
-            x = dp[a].reshape(-1)
-            n = int(x.shape[0])
-            rng = np.random.default_rng([int(seed), info.pos])
-            v_host = rng.standard_normal((num, n))
-            tester = _GroupTester(
-                point.fn(f, info.pos, info.shape), x,
-                jnp.asarray(g, jnp.float64).reshape(-1), jnp.asarray(v_host),
-                float(step), dp, da, f0, eps, bar, budget,
-            )  # fmt: skip
-            top = tester(np.arange(num), np.zeros(num, int), np.full(num, n))
-            directions = tuple(
-                DirectionResult(
-                    analytic=float(top["analytic"][k]),
-                    numeric=float(top["numeric"][k]),
-                    rel_error=float(top["rel"][k]),
-                    verdict=compare.VERDICT_NAMES[top["codes"][k]],
-                )
-                for k in range(num)
+        f0, eps, grads, source = _value_and_grads(f, point, grad_fn)
+        leaves = tuple(
+            _check_leaf(
+                f, point, info, g, num=num, seed=seed, step=step, f0=f0, eps=eps,
+                bar=bar, budget=budget, localize=localize, max_groups=max_groups,
             )
-            wrong = np.flatnonzero(top["codes"] == compare.WRONG)
-            localized: list[CoordResult] = []
-            status = "not needed"
-            if len(wrong) and not localize:
-                status = "off"
-            elif len(wrong):
-                k = int(wrong[np.argmax(top["rel"][wrong])])
-                localized, status = _localize(
-                    tester, k, n, v_host[k], info.shape, top, k, max_groups
-                )
-            leaves.append(
-                DirectionLeafReport(
-                    path=info.path,
-                    shape=info.shape,
-                    dtype=info.dtype,
-                    directions=directions,
-                    localized=tuple(localized),
-                    localization=status,
-                    num_evaluations=tester.evaluations,
-                    seconds=time.perf_counter() - t0,
-                )
-            )
-    notes = []
-    if any(leaf.verdict == "UNTESTABLE" for leaf in leaves):
-        notes.append(
-            "some leaves had every direction within round-off noise: their "
-            "gradients are tiny against |f|; scale the loss up or use a larger step."
-        )
+            for info, g in zip(point.checked, grads, strict=True)
+        )  # fmt: skip
+    notes = (_TINY,) if any(leaf.verdict == "UNTESTABLE" for leaf in leaves) else ()
     return DirectionsReport(
-        leaves=tuple(leaves),
-        skipped=point.skipped,
-        num_directions=num,
-        rtol=bar.rtol,
-        bar_reason=bar.reason,
-        step=float(step),
-        seed=seed,
+        leaves=leaves, skipped=point.skipped, num_directions=num, rtol=bar.rtol,
+        bar_reason=bar.reason, step=float(step), seed=seed,
         error_size=float(error_size),
         miss_probability=miss_probability(error_size, num, bar.rtol),
-        grad_source=source,
-        f_value=f0,
-        device=_device(),
-        seconds=time.perf_counter() - t_start,
-        notes=tuple(notes),
-    )
+        grad_source=source, f_value=f0, device=_device(),
+        seconds=time.perf_counter() - t_start, notes=notes,
+    )  # fmt: skip

@@ -13,18 +13,28 @@ import jax.numpy as jnp
 from .. import compare, tree
 from ._blocks import (
     BlockCheckReport,
+    _blocks_report,
     _check_blocks,
 )
 from ._common import (
     DEFAULT_MAX_ENTRIES,
     PyTree,
-    _device,
     _OutputsOf,
     _prepare,
-    _untestable_note,
     _validate_common,
     _validate_vector_output,
 )
+from .forward import ForwardModeUnsupportedError, jvp_columns_problem
+
+
+def _require_forward_mode(out_fn: Any, point: Any) -> None:
+    problem = jvp_columns_problem(out_fn, point)
+    if problem is not None:
+        raise ForwardModeUnsupportedError(
+            f'`mode="fwd"` is impossible here: {problem}. Use `mode="rev"` (the '
+            "default), which runs the custom_vjp rules."
+        )
+
 
 JacobianMode = Literal["rev", "fwd"]
 
@@ -75,6 +85,8 @@ def check_jacobian(
 
     Raises:
       TypeError: if ``f`` returns non-floating outputs.
+      ForwardModeUnsupportedError: (a ``TypeError``) with ``mode="fwd"`` where
+        ``f`` has no forward mode (a ``jax.custom_vjp`` inside).
       ValueError: for invalid options, or a check larger than ``max_entries``.
 
     Examples:
@@ -99,6 +111,8 @@ def check_jacobian(
         _validate_vector_output(out)
         _, out_paths, _ = tree.flatten(out)
         eps = max(float(jnp.finfo(o.dtype).eps) for o in jax.tree_util.tree_leaves(out))
+        if mode == "fwd":
+            _require_forward_mode(_OutputsOf(full), point)
         checked = point.checked
         selections = {i.pos: tree.select_coords(i, coords, seed) for i in checked}
         reports = _check_blocks(
@@ -107,23 +121,7 @@ def check_jacobian(
             chunk_size=chunk_size, max_entries=max_entries,
             block_name=lambda k, info: f"df{out_paths[k]}/dx{info.path}", eps=eps,
         )  # fmt: skip
-    notes = []
-    n_untestable = sum(r.num_untestable for r in reports)
-    if n_untestable:
-        total = sum(r.num_checked for r in reports)
-        notes.append(_untestable_note(n_untestable, total, bar))
-    return BlockCheckReport(
-        leaves=tuple(reports),
-        skipped=point.skipped,
-        rtol=bar.rtol,
-        bar_reason=bar.reason,
-        step=float(step),
-        method="central",
-        dtype="float64",
-        grad_source="jax.jacrev" if mode == "rev" else "jax.jvp",
-        f_value=math.nan,
-        device=_device(),
-        seconds=time.perf_counter() - t_start,
-        notes=tuple(notes),
-        kind="Jacobian",
-    )
+    return _blocks_report(
+        reports, point, bar, step, t_start, kind="Jacobian", method="central",
+        grad_source="jax.jacrev" if mode == "rev" else "jax.jvp", f_value=math.nan,
+    )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +16,6 @@ import numpy as np
 from .. import compare, engine, tree
 from ..options import callable_name, validate_callables
 from ..report import (
-    CoordResult,
     GradCheckReport,
     LeafReport,
     html_headline,
@@ -25,10 +25,12 @@ from ._common import (
     _BATCH_BUDGET,
     PyTree,
     _device,
+    _entry_report,
     _fmt_e,
     _GradOf,
     _is_array,
     _plural,
+    _Point,
     _pow2_floor,
     _prepare,
     _scalar_output,
@@ -195,56 +197,100 @@ class MultiPointReport:
         }
 
 
-def _coord_leaf_report(
-    info: tree.LeafInfo,
-    indices: np.ndarray,
-    a: np.ndarray,
-    fp: np.ndarray,
-    fm: np.ndarray,
-    f0: float,
-    x_host: np.ndarray,
-    step: float,
-    eps: float,
-    bar: compare.Bar,
-    max_worst: int,
-    chunk: int,
-    seconds: float,
-) -> LeafReport:
-    h_real = (x_host + step) - (x_host - step)
-    numeric = (fp - fm) / h_real
-    rel = compare.relative_error(a, numeric)
-    scale = np.maximum(np.maximum(np.abs(fp), np.abs(fm)), abs(f0))
-    codes = compare.verdicts(
-        a, numeric, bar.noise_factor * eps * scale / h_real, bar.rtol
-    )
-    order = np.lexsort((-rel, -(codes == compare.WRONG).astype(np.int8)))
-    worst = tuple(
-        CoordResult(
-            index=tree.unravel(indices[j], info.shape),
-            analytic=float(a[j]),
-            numeric=float(numeric[j]),
-            rel_error=float(rel[j]),
-            verdict=compare.VERDICT_NAMES[codes[j]],
-            f_plus=float(fp[j]),
-            f_minus=float(fm[j]),
+def _coord_index(indices: np.ndarray, shape: tuple[int, ...], e: int) -> tuple:
+    """The index in the leaf of the ``e``-th checked coordinate."""
+    return tree.unravel(int(indices[e]), shape)
+
+
+def _num_points(params_batch: PyTree) -> int:
+    """The shared leading axis of the array leaves of ``params_batch``."""
+    b_leaves, b_paths, _ = tree.flatten(params_batch)
+    sizes = {
+        (p, int(np.shape(v)[0]) if np.ndim(v) else None)
+        for v, p in zip(b_leaves, b_paths, strict=True)
+        if _is_array(v)
+    }
+    counts = {n for _, n in sizes}
+    if not counts or None in counts or len(counts) != 1:
+        raise ValueError(
+            "Every array leaf of `params_batch` must have the same leading axis "
+            f"(one entry per point); got leading sizes "
+            f"{sorted((p, n) for p, n in sizes)}. Build it with "
+            "`stack_points([params_0, params_1, ...])`."
         )
-        for j in order[:max_worst]
+    return counts.pop()
+
+
+def _batched_point(params_batch: PyTree, args: tuple) -> tuple[int, _Point, list]:
+    """The number of points, the first point prepared, and the traced leaves of
+    every point stacked (float64 where checked)."""
+    num_points = _num_points(params_batch)
+    first = jax.tree_util.tree_map(
+        lambda v: v[0] if _is_array(v) else v,
+        params_batch,
+        is_leaf=lambda x: x is None,
     )
-    return LeafReport(
-        path=info.path,
-        shape=info.shape,
-        dtype=info.dtype,
-        num_checked=len(indices),
-        max_rel_error=float(rel.max()) if len(rel) else 0.0,
-        band_counts=compare.band_counts(rel),
-        num_ok=int((codes == compare.OK).sum()),
-        num_wrong=int((codes == compare.WRONG).sum()),
-        num_untestable=int((codes == compare.UNTESTABLE).sum()),
-        worst=worst,
-        step=step,
-        chunk_size=chunk,
-        seconds=seconds,
-    )
+    point = _prepare(first, args)
+    dpb = [
+        _to_x64(v) if info.checked else jnp.asarray(v)
+        for v, info in zip(tree.flatten(params_batch)[0], point.infos, strict=True)
+        if _is_array(v)
+    ]
+    return num_points, point, dpb
+
+
+def _point_grads(
+    full: engine.LeafFunction,
+    point: _Point,
+    dpb: list,
+    grad_fn: Callable[..., PyTree] | None,
+    num_points: int,
+) -> tuple[list[np.ndarray], str]:
+    """The analytic gradient of every checked leaf at every point, as
+    ``(num_points, leaf size)`` arrays, and its source."""
+    da = point.dyn_args
+    if grad_fn is None:
+        grads = _points_apply_jit(_GradOf(full, point.checked_dyn), dpb, da)
+        flat = [np.asarray(g, np.float64).reshape(num_points, -1) for g in grads]
+        return flat, "jax.vmap(jax.grad)"
+    user = _UserGradOf(grad_fn, full, tuple(i.path for i in point.checked))
+    per = [user([v[p] for v in dpb], da) for p in range(num_points)]
+    flat = [
+        np.stack([np.asarray(g[k], np.float64).reshape(-1) for g in per])
+        for k in range(len(point.checked))
+    ]
+    return flat, callable_name(grad_fn)
+
+
+def _point_differences(
+    fn: engine.LeafFunction,
+    a: int,
+    indices: np.ndarray,
+    chunk: int,
+    step: float,
+    dpb: list,
+    da: list,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``f(x ± h e_i)`` at every point, ``(num_points, len(indices))`` each."""
+    h = jnp.asarray(step, jnp.float64)
+    fps, fms = [], []
+    for lo in range(0, len(indices), chunk):
+        part = indices[lo : lo + chunk]
+        block = np.full(chunk, part[0], dtype=np.int32)
+        block[: len(part)] = part
+        fp, fm = _points_fd_jit(fn, a, jnp.asarray(block), h, dpb, da)
+        fps.append(np.asarray(fp, np.float64)[:, : len(part)])
+        fms.append(np.asarray(fm, np.float64)[:, : len(part)])
+    return np.concatenate(fps, axis=1), np.concatenate(fms, axis=1)
+
+
+def _point_chunk(
+    chunk_size: int | None, num_points: int, info: tree.LeafInfo, n: int
+) -> int:
+    if chunk_size is None:
+        budget = _BATCH_BUDGET // (16 * num_points * max(info.size, 1))
+        chunk_size = min(_pow2_floor(max(1, budget)), 256)
+    return max(1, min(chunk_size, _pow2_floor(n)))
 
 
 def check_points(
@@ -306,116 +352,42 @@ def check_points(
     bar = compare.default_bar(rtol, noise_factor)
     t_start = time.perf_counter()
     with jax.enable_x64(True):
-        b_leaves, b_paths, _ = tree.flatten(params_batch)
-        sizes = {
-            (p, int(np.shape(v)[0]) if np.ndim(v) else None)
-            for v, p in zip(b_leaves, b_paths, strict=True)
-            if _is_array(v)
-        }
-        counts = {n for _, n in sizes}
-        if not counts or None in counts or len(counts) != 1:
-            raise ValueError(
-                "Every array leaf of `params_batch` must have the same leading axis "
-                f"(one entry per point); got leading sizes "
-                f"{sorted((p, n) for p, n in sizes)}. Build it with "
-                "`stack_points([params_0, params_1, ...])`."
-            )
-        num_points = counts.pop()
-        first = jax.tree_util.tree_map(
-            lambda v: v[0] if _is_array(v) else v,
-            params_batch,
-            is_leaf=lambda x: x is None,
-        )
-        point = _prepare(first, args)
-        dpb = [
-            _to_x64(v) if info.checked else jnp.asarray(v)
-            for v, info in zip(b_leaves, point.infos, strict=True)
-            if _is_array(v)
-        ]
+        num_points, point, dpb = _batched_point(params_batch, args)
         da = point.dyn_args
         full = point.fn(f)
         out = jax.eval_shape(full, None, point.dyn_params, da)
         _scalar_output(out)
         eps = float(jnp.finfo(out.dtype).eps)
         f0 = np.asarray(_points_apply_jit(_ValueOf(full), dpb, da), np.float64)
-        checked = point.checked
-        if grad_fn is None:
-            grads = [
-                np.asarray(g, np.float64).reshape(num_points, -1)
-                for g in _points_apply_jit(_GradOf(full, point.checked_dyn), dpb, da)
-            ]
-            source = "jax.vmap(jax.grad)"
-        else:
-            user = _UserGradOf(grad_fn, full, tuple(i.path for i in checked))
-            per = [user([v[p] for v in dpb], da) for p in range(num_points)]
-            grads = [
-                np.stack(
-                    [
-                        np.asarray(per[p][k], np.float64).reshape(-1)
-                        for p in range(num_points)
-                    ]
-                )
-                for k in range(len(checked))
-            ]
-            source = callable_name(grad_fn)
-        h = jnp.asarray(step, jnp.float64)
+        grads, source = _point_grads(full, point, dpb, grad_fn, num_points)
         leaf_parts: list[list[LeafReport]] = [[] for _ in range(num_points)]
-        for k, info in enumerate(checked):
+        for k, info in enumerate(point.checked):
             t0 = time.perf_counter()
             a = point.dyn_pos[info.pos]
             indices = tree.select_coords(info, coords, seed)
-            if chunk_size is None:
-                c = _pow2_floor(
-                    max(1, _BATCH_BUDGET // (16 * num_points * max(info.size, 1)))
-                )
-                c = min(c, 256)
-            else:
-                c = chunk_size
-            c = max(1, min(c, _pow2_floor(len(indices))))
+            c = _point_chunk(chunk_size, num_points, info, len(indices))
             fn = point.fn(f, info.pos, info.shape)
-            fps, fms = [], []
-            for lo in range(0, len(indices), c):
-                part = indices[lo : lo + c]
-                block = np.full(c, part[0], dtype=np.int32)
-                block[: len(part)] = part
-                fp, fm = _points_fd_jit(fn, a, jnp.asarray(block), h, dpb, da)
-                fps.append(np.asarray(fp, np.float64)[:, : len(part)])
-                fms.append(np.asarray(fm, np.float64)[:, : len(part)])
-            fp_all, fm_all = np.concatenate(fps, axis=1), np.concatenate(fms, axis=1)
-            x_all = np.asarray(dpb[a], np.float64).reshape(num_points, -1)
+            fp, fm = _point_differences(fn, a, indices, c, float(step), dpb, da)
+            x = np.asarray(dpb[a], np.float64).reshape(num_points, -1)[:, indices]
+            h_real = (x + step) - (x - step)
+            where = functools.partial(_coord_index, indices, info.shape)
             seconds = (time.perf_counter() - t0) / num_points
             for p in range(num_points):
                 leaf_parts[p].append(
-                    _coord_leaf_report(
-                        info,
-                        indices,
-                        grads[k][p][indices],
-                        fp_all[p],
-                        fm_all[p],
-                        float(f0[p]),
-                        x_all[p][indices],
-                        float(step),
-                        eps,
-                        bar,
-                        max_worst,
-                        c,
-                        seconds,
-                    )  # fmt: skip
-                )
-    device = _device()
+                    _entry_report(
+                        info.path, info.shape, info.dtype, where, grads[k][p][indices],
+                        fp[p], fm[p], h_real[p], abs(float(f0[p])), eps=eps, bar=bar,
+                        step=float(step), max_worst=max_worst, chunk=c, seconds=seconds,
+                    )
+                )  # fmt: skip
     reports = tuple(
         GradCheckReport(
-            leaves=tuple(leaf_parts[p]),
-            skipped=point.skipped,
-            rtol=bar.rtol,
-            bar_reason=bar.reason,
-            step=float(step),
-            grad_source=source,
-            f_value=float(f0[p]),
-            device=device,
-            seconds=sum(r.seconds for r in leaf_parts[p]),
+            leaves=tuple(parts), skipped=point.skipped, rtol=bar.rtol,
+            bar_reason=bar.reason, step=float(step), grad_source=source,
+            f_value=float(f0[p]), device=_device(),
+            seconds=sum(r.seconds for r in parts),
             notes=(f"point {p} of {num_points}, checked together (vmapped)",),
         )
-        for p in range(num_points)
-    )
+        for p, parts in enumerate(leaf_parts)
+    )  # fmt: skip
     return MultiPointReport(reports=reports, seconds=time.perf_counter() - t_start)

@@ -13,17 +13,16 @@ from .. import compare, tree
 from ..options import callable_name, validate_callables
 from ._blocks import (
     BlockCheckReport,
+    _blocks_report,
     _check_blocks,
 )
 from ._common import (
     DEFAULT_MAX_ENTRIES,
     PyTree,
-    _device,
     _GradOf,
     _label,
     _prepare,
     _scalar_output,
-    _untestable_note,
     _UserGradOf,
     _validate_common,
     _value_jit,
@@ -33,16 +32,35 @@ from .forward import ForwardModeUnsupportedError, jvp_columns_problem
 
 SecondOrderMethod = Literal["auto", "fwd_over_rev", "rev_over_rev"]
 _METHODS = ("auto", "fwd_over_rev", "rev_over_rev")
+#: The report's ``grad_source`` per analytic method, of the gradient's name.
+_HOW = {
+    "jvp": "forward-over-reverse HVP (jax.jvp of %s)",
+    "vjp_rows": "reverse-over-reverse (jax.vjp of %s)",
+}
+
+
+def _validate_method(method: Any) -> None:
+    if method not in _METHODS:
+        raise ValueError(
+            f'`method` must be "auto", "fwd_over_rev" or "rev_over_rev", got '
+            f"{method!r}."
+        )
 
 
 def _gradient_function(
-    full: Any, point: Any, grad_fn: Callable[..., PyTree] | None
-) -> tuple[Callable[..., list], str]:
-    """The gradient whose derivative is checked, and its name."""
+    f: Callable[..., Any], point: Any, grad_fn: Callable[..., PyTree] | None
+) -> tuple[float, float, Callable[..., list], str]:
+    """``f`` at the point and its eps, the gradient whose derivative is checked,
+    and the gradient's name."""
+    full = point.fn(f)
+    out = jax.eval_shape(full, None, point.dyn_params, point.dyn_args)
+    _scalar_output(out)
+    f0 = float(_value_jit(_ValueOf(full), point.dyn_params, point.dyn_args))
+    eps = float(jnp.finfo(out.dtype).eps)
     if grad_fn is None:
-        return _GradOf(full, point.checked_dyn), "jax.grad"
+        return f0, eps, _GradOf(full, point.checked_dyn), "jax.grad"
     paths = tuple(i.path for i in point.checked)
-    return _UserGradOf(grad_fn, full, paths), callable_name(grad_fn)
+    return f0, eps, _UserGradOf(grad_fn, full, paths), callable_name(grad_fn)
 
 
 def _choose_method(
@@ -95,19 +113,13 @@ def check_second_order(
     reverse-over-reverse row ``jax.grad(lambda x: jax.grad(f)(x)[i])``, which
     equals the column where the gradient is right (a symmetric Hessian).
 
-    The default ``method="auto"`` takes forward-over-reverse and falls back to
-    reverse-over-reverse, with a note in the report, where ``f``'s gradient has
-    no forward mode: e.g. a ``jax.custom_vjp`` whose ``fwd`` calls the custom
-    function itself (``def fwd(x): return f(x), x``), on which ``jax.jvp``
-    raises. (``jax.test_util.check_grads(order=2, modes=["rev"])`` checks such a
-    function the same way.) This is the one way to check order 2:
-    :func:`jaxcheck.check_grads` is first order only.
-
-    It catches backward rules that are right at first order but not
-    differentiable, e.g. a ``stop_gradient`` inside a ``custom_vjp`` bwd: the
-    gradient checks out, but its derivative is silently zero.
-
-    Like :func:`jaxcheck.check_grads` it never raises on a mismatch.
+    ``method="auto"`` falls back to reverse-over-reverse (with a note) where the
+    gradient has no forward mode, e.g. a ``jax.custom_vjp`` whose ``fwd`` calls
+    the custom function itself (as ``jax.test_util.check_grads(order=2,
+    modes=["rev"])`` does). It catches backward rules that are right at first
+    order but not differentiable (a ``stop_gradient`` inside a ``custom_vjp``
+    bwd: the derivative of the gradient is silently zero). It never raises on a
+    mismatch; :func:`jaxcheck.check_grads` is first order only.
 
     Args:
       f: the scalar function, called as ``f(params, *args)``.
@@ -152,21 +164,13 @@ def check_second_order(
       False
     """
     validate_callables(f, grad_fn)
-    if method not in _METHODS:
-        raise ValueError(
-            f'`method` must be "auto", "fwd_over_rev" or "rev_over_rev", got '
-            f"{method!r}."
-        )
+    _validate_method(method)
     _validate_common(step, max_worst, chunk_size)
     bar = compare.default_bar(rtol, noise_factor)
     t_start = time.perf_counter()
     with jax.enable_x64(True):
         point = _prepare(params, args)
-        full = point.fn(f)
-        out = jax.eval_shape(full, None, point.dyn_params, point.dyn_args)
-        _scalar_output(out)
-        f0 = float(_value_jit(_ValueOf(full), point.dyn_params, point.dyn_args))
-        out_fn, source = _gradient_function(full, point, grad_fn)
+        f0, eps, out_fn, source = _gradient_function(f, point, grad_fn)
         analytic, fallback = _choose_method(method, out_fn, point)
         checked = point.checked
         selections = {i.pos: tree.select_coords(i, coords, seed) for i in checked}
@@ -175,30 +179,11 @@ def check_second_order(
             max_worst=max_worst, chunk_size=chunk_size, max_entries=max_entries,
             block_name=lambda k, info: (
                 f"d2f/d{_label(checked[k].path, 'params')} d{_label(info.path, 'params')}"
-            ), eps=float(jnp.finfo(out.dtype).eps),
+            ), eps=eps,
         )  # fmt: skip
-    how = (
-        "forward-over-reverse HVP (jax.jvp of "
-        if analytic == "jvp"
-        else "reverse-over-reverse (jax.vjp of "
-    ) + f"{source})"
-    notes = [] if fallback is None else [fallback]
-    n_untestable = sum(r.num_untestable for r in reports)
-    if n_untestable:
-        total = sum(r.num_checked for r in reports)
-        notes.append(_untestable_note(n_untestable, total, bar))
-    return BlockCheckReport(
-        leaves=tuple(reports),
-        skipped=point.skipped,
-        rtol=bar.rtol,
-        bar_reason=bar.reason,
-        step=float(step),
-        method="central (of the gradient)",
-        dtype="float64",
-        grad_source=how,
+    return _blocks_report(
+        reports, point, bar, step, t_start, kind="second-order",
+        method="central (of the gradient)", grad_source=_HOW[analytic] % source,
         f_value=f0,
-        device=_device(),
-        seconds=time.perf_counter() - t_start,
-        notes=tuple(notes),
-        kind="second-order",
-    )
+        notes=() if fallback is None else (fallback,),
+    )  # fmt: skip

@@ -116,6 +116,100 @@ def _differ(a: float, b: float, tol: float) -> bool:
     return not abs(a - b) <= tol
 
 
+def _grad_difference(gf: Callable[..., list], dp: list, da: list) -> float:
+    """The largest difference between two evaluations of the gradient, relative
+    to its largest entry."""
+    g1 = [np.asarray(g, np.float64).reshape(-1) for g in gf(dp, da)]
+    g2 = [np.asarray(g, np.float64).reshape(-1) for g in gf(dp, da)]
+    top = max((float(np.max(np.abs(g))) for g in g1 if g.size), default=0.0)
+    diff = max(
+        (float(np.max(np.abs(a - b))) for a, b in zip(g1, g2, strict=True) if a.size),
+        default=0.0,
+    )
+    return diff / top if top > 0 else diff
+
+
+def _evaluate(
+    f: Callable[..., Any],
+    params: PyTree,
+    args: tuple,
+    jit: bool,
+    grad: bool,
+    grad_fn: Callable[..., PyTree] | None,
+) -> tuple[float, tuple[float, ...], tuple[float, ...], float]:
+    """``(eps, eager values, jitted values, gradient difference)``."""
+    with jax.enable_x64(True):
+        point = _prepare(params, args)
+        full = point.fn(f)
+        dp, da = point.dyn_params, point.dyn_args
+        out = jax.eval_shape(full, None, dp, da)
+        eps = float(jnp.finfo(out.dtype).eps) if hasattr(out, "dtype") else 2.2e-16
+        eager = (float(full(None, dp, da)), float(full(None, dp, da)))
+        jitted: tuple[float, ...] = ()
+        if jit:
+            vf = _ValueOf(full)
+            jitted = (float(_value_jit(vf, dp, da)), float(_value_jit(vf, dp, da)))
+        if not grad:
+            return eps, eager, jitted, math.nan
+        if grad_fn is None:
+            gf: Callable[..., list] = _GradOf(full, point.checked_dyn)
+        else:
+            gf = _UserGradOf(grad_fn, full, tuple(i.path for i in point.checked))
+        return eps, eager, jitted, _grad_difference(gf, dp, da)
+
+
+def _causes(
+    eps: float, eager: tuple[float, ...], jitted: tuple[float, ...], grad_diff: float
+) -> list[str]:
+    """One sentence per problem found in the repeated evaluations."""
+    values = [v for v in eager + jitted if math.isfinite(v)]
+    scale = max((abs(v) for v in values), default=1.0)
+    tol = 64 * eps * max(scale, 1e-300)
+    causes = []
+    eager_differs = _differ(*eager, tol)
+    jit_differs = bool(jitted) and _differ(*jitted, tol)
+    if eager_differs:
+        frozen = (
+            "; under jax.jit the draw is frozen at trace time, which hides it"
+            if jitted and not jit_differs
+            else ""
+        )
+        causes.append(
+            f"f returns different values when evaluated twice at the same point "
+            f"({eager[0]!r} vs {eager[1]!r}): it draws randomness that is not a "
+            "function of its arguments — a PRNG key not threaded through (np.random, "
+            "Python's random, a global key split on every call) or dropout that is "
+            f"not fixed{frozen}. {_FIX}"
+        )
+    if jit_differs:
+        causes.append(
+            f"under jax.jit, two calls of f at the same point differ ({jitted[0]!r} "
+            f"vs {jitted[1]!r}): f reads state that changes between calls (a "
+            "callback, a global counter or key read through a callback) or uses "
+            "non-deterministic ops. " + _FIX
+        )
+    if (
+        jitted
+        and not eager_differs
+        and not jit_differs
+        and _differ(eager[0], jitted[0], max(tol, 1e-6 * scale))
+    ):
+        causes.append(
+            f"f gives {eager[0]!r} eagerly but {jitted[0]!r} under jax.jit: it draws "
+            "random numbers or reads Python state at trace time (jit freezes them), "
+            "e.g. np.random inside f. " + _FIX
+        )
+    if not causes and not math.isnan(grad_diff) and grad_diff > 64 * eps:
+        causes.append(
+            f"the gradient differs between two evaluations at the same point (max "
+            f"relative difference {grad_diff:.3g}): the backward pass draws its own "
+            "randomness, e.g. a dropout mask re-drawn in a custom_vjp bwd (or a "
+            "hand-written backward) instead of the mask saved from the forward pass. "
+            + _FIX
+        )
+    return causes
+
+
 def check_determinism(
     f: Callable[..., Any],
     params: PyTree,
@@ -157,95 +251,19 @@ def check_determinism(
       >>> report.deterministic, report.keys
       (True, ('args[1]',))
     """
-    with jax.enable_x64(True):
-        point = _prepare(params, args)
-        full = point.fn(f)
-        dp, da = point.dyn_params, point.dyn_args
-        out = jax.eval_shape(full, None, dp, da)
-        eps = float(jnp.finfo(out.dtype).eps) if hasattr(out, "dtype") else 2.2e-16
-        eager = (float(full(None, dp, da)), float(full(None, dp, da)))
-        jitted: tuple[float, ...] = ()
-        if jit:
-            vf = _ValueOf(full)
-            jitted = (float(_value_jit(vf, dp, da)), float(_value_jit(vf, dp, da)))
-        grad_diff = math.nan
-        if grad:
-            if grad_fn is None:
-                gf: Callable[..., list] = _GradOf(full, point.checked_dyn)
-            else:
-                gf = _UserGradOf(grad_fn, full, tuple(i.path for i in point.checked))
-            g1 = [np.asarray(g, np.float64).reshape(-1) for g in gf(dp, da)]
-            g2 = [np.asarray(g, np.float64).reshape(-1) for g in gf(dp, da)]
-            top = max((float(np.max(np.abs(g))) for g in g1 if g.size), default=0.0)
-            diff = max(
-                (
-                    float(np.max(np.abs(a - b)))
-                    for a, b in zip(g1, g2, strict=True)
-                    if a.size
-                ),
-                default=0.0,
-            )
-            grad_diff = diff / top if top > 0 else diff
-    keys = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
-        if _is_key(leaf):
-            keys.append("args" + jax.tree_util.keystr(path))
-    scale = (
-        max(abs(v) for v in eager + jitted if math.isfinite(v))
-        if any(math.isfinite(v) for v in eager + jitted)
-        else 1.0
+    eps, eager, jitted, grad_diff = _evaluate(f, params, args, jit, grad, grad_fn)
+    keys = tuple(
+        "args" + jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]
+        if _is_key(leaf)
     )
-    tol = 64 * eps * max(scale, 1e-300)
-    causes = []
-    eager_differs = _differ(*eager, tol)
-    jit_differs = bool(jitted) and _differ(*jitted, tol)
-    if eager_differs:
-        causes.append(
-            f"f returns different values when evaluated twice at the same point "
-            f"({eager[0]!r} vs {eager[1]!r}): it draws randomness that is not a "
-            "function of its arguments — a PRNG key not threaded through (np.random, "
-            "Python's random, a global key split on every call) or dropout that is "
-            "not fixed"
-            + (
-                "; under jax.jit the draw is frozen at trace time, which hides it"
-                if jitted and not jit_differs
-                else ""
-            )
-            + ". "
-            + _FIX
-        )
-    if jit_differs:
-        causes.append(
-            f"under jax.jit, two calls of f at the same point differ ({jitted[0]!r} "
-            f"vs {jitted[1]!r}): f reads state that changes between calls (a "
-            "callback, a global counter or key read through a callback) or uses "
-            "non-deterministic ops. " + _FIX
-        )
-    if (
-        jitted
-        and not eager_differs
-        and not jit_differs
-        and _differ(eager[0], jitted[0], max(tol, 1e-6 * scale))
-    ):
-        causes.append(
-            f"f gives {eager[0]!r} eagerly but {jitted[0]!r} under jax.jit: it draws "
-            "random numbers or reads Python state at trace time (jit freezes them), "
-            "e.g. np.random inside f. " + _FIX
-        )
-    if not causes and grad and not math.isnan(grad_diff) and grad_diff > 64 * eps:
-        causes.append(
-            f"the gradient differs between two evaluations at the same point (max "
-            f"relative difference {grad_diff:.3g}): the backward pass draws its own "
-            "randomness, e.g. a dropout mask re-drawn in a custom_vjp bwd (or a "
-            "hand-written backward) instead of the mask saved from the forward pass. "
-            + _FIX
-        )
+    causes = _causes(eps, eager, jitted, grad_diff)
     return DeterminismReport(
         deterministic=not causes,
         eager=eager,
         jitted=jitted,
         grad_difference=grad_diff,
-        keys=tuple(keys),
+        keys=keys,
         causes=tuple(causes),
     )
 
