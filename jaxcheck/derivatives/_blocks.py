@@ -16,10 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import compare, tree
-from ..report import (
-    GradCheckReport,
-    LeafReport,
-)
+from ..report import GradCheckReport, LeafReport
 from ._common import (
     _BATCH_BUDGET,
     _device,

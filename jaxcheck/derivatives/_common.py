@@ -15,11 +15,7 @@ import numpy as np
 
 from .. import compare, engine, tree
 from ..options import callable_name
-from ..report import (
-    CoordResult,
-    LeafReport,
-    SkippedLeaf,
-)
+from ..report import CoordResult, LeafReport, SkippedLeaf
 
 PyTree = Any
 

@@ -15,9 +15,7 @@ import numpy as np
 
 from .. import compare, engine, tree
 from ..options import callable_name, validate_callables
-from ..report import (
-    CoordResult,
-)
+from ..report import CoordResult
 from ._common import (
     _BATCH_BUDGET,
     _FOLLOW_FRACTION,
@@ -33,11 +31,7 @@ from ._common import (
     _value_jit,
     _ValueOf,
 )
-from .directions_report import (
-    DirectionLeafReport,
-    DirectionResult,
-    DirectionsReport,
-)
+from .directions_report import DirectionLeafReport, DirectionResult, DirectionsReport
 
 
 def miss_probability(

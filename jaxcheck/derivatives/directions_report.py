@@ -7,16 +7,8 @@ import html
 import math
 from typing import Any
 
-from ..report import (
-    CoordResult,
-    SkippedLeaf,
-    html_headline,
-    text_table,
-)
-from ._common import (
-    _fmt_e,
-    _plural,
-)
+from ..report import CoordResult, SkippedLeaf, html_headline, text_table
+from ._common import _fmt_e, _plural
 
 
 @dataclasses.dataclass(frozen=True)

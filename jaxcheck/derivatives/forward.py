@@ -13,19 +13,9 @@ import numpy as np
 
 from .. import tree
 from ..check import check_grads
-from ..report import (
-    GradCheckReport,
-)
-from ._blocks import (
-    _jvp_columns,
-    _jvp_columns_jit,
-)
-from ._common import (
-    PyTree,
-    _pow2_floor,
-    _prepare,
-    _ValueOf,
-)
+from ..report import GradCheckReport
+from ._blocks import _jvp_columns, _jvp_columns_jit
+from ._common import PyTree, _pow2_floor, _prepare, _ValueOf
 
 
 class ForwardModeUnsupportedError(TypeError):

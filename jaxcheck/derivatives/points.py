@@ -15,12 +15,7 @@ import numpy as np
 
 from .. import compare, engine, tree
 from ..options import callable_name, validate_callables
-from ..report import (
-    GradCheckReport,
-    LeafReport,
-    html_headline,
-    text_table,
-)
+from ..report import GradCheckReport, LeafReport, html_headline, text_table
 from ._common import (
     _BATCH_BUDGET,
     PyTree,

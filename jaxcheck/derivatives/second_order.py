@@ -11,11 +11,7 @@ import jax.numpy as jnp
 
 from .. import compare, tree
 from ..options import callable_name, validate_callables
-from ._blocks import (
-    BlockCheckReport,
-    _blocks_report,
-    _check_blocks,
-)
+from ._blocks import BlockCheckReport, _blocks_report, _check_blocks
 from ._common import (
     DEFAULT_MAX_ENTRIES,
     PyTree,

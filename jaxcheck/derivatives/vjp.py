@@ -13,14 +13,8 @@ import numpy as np
 
 from ..check import check_grads
 from ..options import callable_name
-from ..report import (
-    GradCheckReport,
-)
-from ._common import (
-    PyTree,
-    _to_x64,
-    _validate_vector_output,
-)
+from ..report import GradCheckReport
+from ._common import PyTree, _to_x64, _validate_vector_output
 
 
 @dataclasses.dataclass(frozen=True)

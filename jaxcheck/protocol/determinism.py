@@ -12,13 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..derivatives._common import (
-    _GradOf,
-    _prepare,
-    _UserGradOf,
-    _value_jit,
-    _ValueOf,
-)
+from ..derivatives._common import _GradOf, _prepare, _UserGradOf, _value_jit, _ValueOf
 from ..report import html_headline
 from ._common import PyTree, _is_key
 

@@ -14,12 +14,7 @@ import numpy as np
 
 from .. import tree
 from ..check import check_grads
-from ..derivatives._common import (
-    _GradOf,
-    _prepare,
-    _UserGradOf,
-    _value_jit,
-)
+from ..derivatives._common import _GradOf, _prepare, _UserGradOf, _value_jit
 from ..options import callable_name
 from ..report import GradCheckReport, html_headline, text_table
 from ._common import PyTree, _float_positions, _merge
