@@ -39,10 +39,12 @@ from .directions_report import DirectionResult as DirectionResult
 from .directions_report import DirectionsReport as DirectionsReport
 from .forward import ForwardModeUnsupportedError as ForwardModeUnsupportedError
 from .forward import check_forward_mode as check_forward_mode
+from .jacobian import JacobianMode as JacobianMode
 from .jacobian import check_jacobian as check_jacobian
 from .points import MultiPointReport as MultiPointReport
 from .points import check_points as check_points
 from .points import stack_points as stack_points
+from .second_order import SecondOrderMethod as SecondOrderMethod
 from .second_order import check_second_order as check_second_order
 from .vjp import check_vjp as check_vjp
 
@@ -53,7 +55,9 @@ __all__ = (
     "DirectionResult",
     "DirectionsReport",
     "ForwardModeUnsupportedError",
+    "JacobianMode",
     "MultiPointReport",
+    "SecondOrderMethod",
     "check_directions",
     "check_forward_mode",
     "check_jacobian",

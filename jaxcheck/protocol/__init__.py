@@ -26,6 +26,7 @@ protocol, each step a function that returns what the next step takes:
   threaded through, dropout not fixed).
 """
 
+from ._common import OnFailure as OnFailure
 from .burn_in import BurnInError as BurnInError
 from .burn_in import BurnInResult as BurnInResult
 from .burn_in import BurnInWarning as BurnInWarning
@@ -50,6 +51,7 @@ __all__ = (
     "DominatedTermWarning",
     "LossTermsReport",
     "NondeterminismError",
+    "OnFailure",
     "assert_deterministic",
     "burn_in",
     "check_determinism",
