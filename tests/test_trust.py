@@ -308,16 +308,37 @@ def test_no_warning_leaks_from_the_package():
 
 
 def test_an_analytic_zero_is_reported_as_what_it_is():
-    # softmax ignores a constant shift: the gradient of the shift is zero, and
-    # f does not move at any step. ok, also with strict=True, and no claim that
-    # f is "dominated by terms it barely moves".
-    def f(b, x):
-        return jnp.sum(jax.nn.softmax(x + b[0]) * jnp.arange(3.0))
+    # softmax ignores a constant shift (flax attention's key bias): the gradient
+    # of the shift is zero up to the round-off of the gradient, and f does not
+    # move at any step. ok, also with strict=True, and no claim that f is
+    # "dominated by terms it barely moves".
+    def f(p, x):
+        return jnp.sum(jax.nn.softmax(x * p["scale"] + p["shift"][0]) * jnp.arange(3.0))
 
-    report = jaxcheck.check_grads(f, jnp.ones(1), jnp.arange(3.0), strict=True)
-    assert report.passed and report.num_ok == 1
-    c = report.leaves[0].worst[0]
+    params = {"scale": jnp.ones(1), "shift": jnp.ones(1)}
+    report = jaxcheck.check_grads(f, params, jnp.arange(3.0), strict=True)
+    assert report.passed and report.num_ok == 2
+    c = report.leaf("['shift']").worst[0]
     assert "zero" in c.resolution and "dominated" not in c.resolution
+
+
+def test_a_small_gradient_that_f_cannot_resolve_is_not_confirmed():
+    # f = 1e8 + c * sum(w): jax.grad gives c exactly, but f's round-off (1.5e-8)
+    # hides any change of size c * h; a wrong value (2c) would look the same,
+    # so nothing is confirmed: untestable, and the check is inconclusive.
+    for c in (1e-10, 1e-8):
+        for factor in (1.0, 2.0):
+
+            def grad_fn(w, c=c, factor=factor):
+                return jnp.full_like(w, factor * c)
+
+            report = jaxcheck.check_grads(
+                lambda w, c=c: 1e8 + c * jnp.sum(w),
+                jnp.linspace(0.5, 1.5, 4),
+                grad_fn=grad_fn,
+            )
+            assert report.status == "inconclusive" and not report.passed
+            assert report.num_untestable == 4 and report.num_ok == 0
 
 
 def test_report_columns_show_the_raw_error_and_the_interval():

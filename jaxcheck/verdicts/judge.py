@@ -751,15 +751,13 @@ class _One:
             return False
         top = ests[0]
         crossed = self.s.reason[self.i] == CROSSED and not self.chatter
-        # Zero, or at the round-off level of the gradient (or of |f|); and f's
-        # noise at its round-off level (not a noisy f that hides everything).
-        x = abs(float(self.s.x[self.i]))
-        tiny = (
-            64
-            * self.eps
-            * max(float(self.s.gscale[self.i]), abs(self.f0) / max(1.0, x))
-        )
-        if abs(self.a) > max(tiny, 0.0) and self.a != 0.0:
+        # Zero, or at the round-off level of the gradient itself (the largest
+        # analytic value of the check); and f's noise at its round-off level
+        # (not a noisy f that hides everything). A small analytic value that f
+        # is merely too coarse to resolve is not zero: it stays untestable,
+        # since a wrong value of that size would pass as well.
+        tiny = 64 * self.eps * float(self.s.gscale[self.i])
+        if abs(self.a) > tiny and self.a != 0.0:
             return False
         if abs(self.a) > top.allow:
             return False
