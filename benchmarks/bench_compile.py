@@ -10,7 +10,7 @@ fresh Python process (what a script, a CI job or the ``jaxcheck`` command
 pays), on the tanh MLP of ``_common.make_problem``, float64, all coordinates:
 
 * ``jaxcheck, no cache``: ``check_grads`` as it is by default;
-* ``jaxcheck, cache cold``: with :func:`jaxcheck.use_compilation_cache` on an
+* ``jaxcheck, cache cold``: with :func:`jaxcheck.compilation.use_compilation_cache` on an
   empty directory (compiling and writing the cache);
 * ``jaxcheck, cache warm``: a later process with the same directory;
 * ``torch gradcheck``: ``torch.autograd.gradcheck`` (``fast_mode=False``), the
@@ -66,7 +66,7 @@ CHILD = textwrap.dedent(
             out["warm"] = r.seconds
     else:
         if cache:
-            jaxcheck.use_compilation_cache(cache)
+            jaxcheck.compilation.use_compilation_cache(cache)
         from jaxcheck import examples
         t1 = time.perf_counter()
         report = jaxcheck.check_grads(examples.mlp_loss, problem.params, problem.x,

@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     the parser raise ``SystemExit(2)`` as argparse does.
 
     The command owns its process, so it turns on the persistent compilation
-    cache (:func:`jaxcheck.use_compilation_cache`) unless ``--no-cache`` or
+    cache (:func:`jaxcheck.compilation.use_compilation_cache`) unless ``--no-cache`` or
     ``$JAXCHECK_NO_CACHE=1`` says not to: a second run loads the compiled
     calls instead of compiling them.
 

@@ -368,7 +368,7 @@ def test_loss_terms_dict_catches_reg_bug():
         "reg": lambda p, x: 1e-3 * l2(p["W"]),
     }
     p, x = {"W": jnp.full((3, 2), 0.3)}, jnp.linspace(-1, 1, 12).reshape(4, 3)
-    with pytest.warns(jaxcheck.DominatedTermWarning, match="'reg'"):
+    with pytest.warns(jaxcheck.protocol.DominatedTermWarning, match="'reg'"):
         # rtol=1e-3, as for a deep or kinked net: the sum's error (~2e-4) hides the bug
         report = jaxcheck.check_loss_terms(terms, p, x, rtol=1e-3)
     assert type(report).__name__ == "LossTermsReport" and not report.passed

@@ -364,7 +364,7 @@ def test_the_command_keeps_compiled_calls_for_the_next_run(user_modules, tmp_pat
 
 
 def test_a_cache_path_that_is_a_file_is_refused(tmp_path):
-    from jaxcheck import use_compilation_cache
+    from jaxcheck.compilation import use_compilation_cache
 
     path = tmp_path / "a-file"
     path.write_text("")

@@ -10,7 +10,8 @@ import textwrap
 import jax
 import pytest
 
-from jaxcheck import compilation, use_compilation_cache
+from jaxcheck import compilation
+from jaxcheck.compilation import use_compilation_cache
 
 _OPTIONS = (
     "jax_compilation_cache_dir",
@@ -60,7 +61,7 @@ import json, os, sys
 import jax
 import jax.numpy as jnp
 
-from jaxcheck import use_compilation_cache
+from jaxcheck.compilation import use_compilation_cache
 
 first, second, early = sys.argv[1:4]
 out = {}

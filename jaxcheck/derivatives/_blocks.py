@@ -131,7 +131,7 @@ class BlockCheckReport(GradCheckReport):
     It is a :class:`jaxcheck.GradCheckReport` whose "leaves" are blocks: the block
     ``d{out}/d{in}`` holds the derivatives of one output leaf with respect to one
     input leaf, with shape ``out.shape + in.shape``, and each
-    :class:`jaxcheck.CoordResult` index is an output index followed by an input
+    :class:`jaxcheck.report.CoordResult` index is an output index followed by an input
     index. Everything else (``passed``, ``failures``, text, HTML,
     ``to_dict()``, :class:`jaxcheck.GradientCheckError`) works as for a gradient.
 

@@ -293,7 +293,7 @@ def _entry_report(
     seconds: float,
 ) -> LeafReport:
     """The verdicts of centered differences ``(fp - fm) / h_real`` against
-    ``analytic``, entry by entry, as one :class:`jaxcheck.LeafReport`.
+    ``analytic``, entry by entry, as one :class:`jaxcheck.report.LeafReport`.
 
     ``analytic``, ``fp`` and ``fm`` share a shape; ``h_real`` and
     ``scale_floor`` (the least ``|f|`` the round-off allowance assumes)
