@@ -229,7 +229,7 @@ def ladder_steps(x: float, h: float, stage: int = 2) -> np.ndarray:
     Examples:
       >>> ladder_steps(0.5, 1e-5).tolist()[:3]
       [0.1, 0.01, 0.001]
-      >>> ladder_steps(1e-8, 1e-5).min() < 1e-8  # steps relative to |x| too
+      >>> bool(ladder_steps(1e-8, 1e-5).min() < 1e-8)  # steps relative to |x| too
       True
       >>> ladder_steps(0.5, 1e-5, stage=1).tolist()
       [0.0001, 1e-05, 1e-06, 1e-07, 1e-08]
@@ -262,7 +262,7 @@ def noise_line(
 
     Examples:
       >>> line = noise_line(np.array([2.0]), np.array([1e-5]), 2.0**-52)
-      >>> line.shape, line[0, 0].tolist()
+      >>> line.shape, np.round(line[0, 0], 12).tolist()
       ((1, 12, 2), [1e-06, -1e-06])
     """
     x, h = np.abs(np.asarray(x, float)), np.asarray(h, float)
