@@ -19,7 +19,11 @@ PUBLIC = sorted(
     | {(where, name) for name, where in jaxcheck._MOVED.items()}
     | {
         (package, name)
-        for package in ("jaxcheck.training", "jaxcheck.derivatives", "jaxcheck.protocol")
+        for package in (
+            "jaxcheck.training",
+            "jaxcheck.derivatives",
+            "jaxcheck.protocol",
+        )
         for name in importlib.import_module(package).__all__
     }
 )
