@@ -323,6 +323,35 @@ def _eval_block(
 _eval_block_jit = jax.jit(_eval_block, static_argnums=0)
 
 
+def _one_call(fn, evaluator, x_flat, indices, deltas, dyn, per_call, chunk, int_dtype):
+    """One compiled call of :func:`evaluate`: the rows padded to ``per_call``
+    chunks of ``chunk`` rows (the padding repeats the first row). Returns the
+    rows' values and, for a tracker, their words and changed-decision counts
+    (else None)."""
+    rows, num_offsets = len(indices), deltas.shape[1]
+    rows_per_call = per_call * chunk
+    idx = np.full(rows_per_call, indices[0], dtype=int_dtype)
+    idx[:rows] = indices
+    dlt = np.zeros((rows_per_call, num_offsets))
+    dlt[:rows] = deltas
+    idx_arr, dlt_arr = _place(
+        jnp.asarray(idx.reshape(per_call, chunk)),
+        jnp.asarray(dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype),
+    )
+    call_args = (x_flat, idx_arr, dlt_arr, *dyn)
+    out = (
+        _eval_block_jit(fn, *call_args) if evaluator is None else evaluator(*call_args)
+    )
+    words = counts = None
+    if isinstance(out, tuple):
+        out, words, *rest = out
+        words = np.asarray(words).reshape(rows_per_call, num_offsets, -1)[:rows]
+        if rest:
+            counts = np.asarray(rest[0]).reshape(rows_per_call, -1)[:rows]
+    vals = np.asarray(out, dtype=np.float64).reshape(rows_per_call, num_offsets)[:rows]
+    return vals, words, counts
+
+
 def evaluate(
     fn: Callable[..., Any],
     x_flat: jax.Array,
@@ -416,39 +445,15 @@ def evaluate(
         rows_per_call = per_call * chunk
         while start < n:
             stop = min(n, start + rows_per_call)
-            idx = np.full(rows_per_call, indices[start], dtype=int_dtype)
-            idx[: stop - start] = indices[start:stop]
-            dlt = np.zeros((rows_per_call, num_offsets))
-            dlt[: stop - start] = deltas[start:stop]
-            idx_arr, dlt_arr = _place(
-                jnp.asarray(idx.reshape(per_call, chunk)),
-                jnp.asarray(
-                    dlt.reshape(per_call, chunk, num_offsets), dtype=x_flat.dtype
-                ),
-            )
-            call_args = (x_flat, idx_arr, dlt_arr, dyn_params, dyn_args)
-            if evaluator is None:
-                out = _eval_block_jit(fn, *call_args)
-            else:
-                out = evaluator(*call_args)
-            if isinstance(out, tuple):
-                vals, words = out[0], out[1]
-                word_parts.append(
-                    np.asarray(words).reshape(rows_per_call, num_offsets, -1)[
-                        : stop - start
-                    ]
-                )
-                if len(out) > 2:
-                    count_parts.append(
-                        np.asarray(out[2]).reshape(rows_per_call, -1)[: stop - start]
-                    )
-            else:
-                vals = out
-            val_parts.append(
-                np.asarray(vals, dtype=np.float64).reshape(rows_per_call, num_offsets)[
-                    : stop - start
-                ]
-            )
+            vals, words, counts = _one_call(
+                fn, evaluator, x_flat, indices[start:stop], deltas[start:stop],
+                (dyn_params, dyn_args), per_call, chunk, int_dtype,
+            )  # fmt: skip
+            val_parts.append(vals)
+            if words is not None:
+                word_parts.append(words)
+            if counts is not None:
+                count_parts.append(counts)
             if on_progress is not None:
                 on_progress(stop - start)
             start = stop
