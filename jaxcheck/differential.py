@@ -13,7 +13,6 @@ to that leaf's gradient, read from the jaxpr of the gradient computation (see
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import time
@@ -23,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 from numpy.typing import ArrayLike
 
 from . import compare, tree
@@ -34,6 +32,16 @@ from .report import (
     GradientCheckError,
     LeafReport,
     SkippedLeaf,
+)
+from .rounding import (
+    ROUNDING_MODELS,
+    Context,
+    Counts,
+    describe,
+    noisy_eval,
+    rounding_counts,
+    tolerance,
+    unit_roundoff,
 )
 
 PyTree = Any
@@ -46,287 +54,11 @@ PyTree = Any
 #: float16, float32) the worst entry used 0.4 of the bar.
 DEFAULT_SAFETY = 8.0
 
-#: Roundings charged to one transcendental operation (exp, log, tanh, erf...):
-#: XLA's vectorised approximations are accurate to a few ulps, not to 1/2.
-TRANSCENDENTAL_ROUNDINGS = 4
-
 #: A leaf whose bar is at least this wide cannot catch a gradient scaled by
 #: 1.5 or 0.5 (a relative error of 0.5 against ``|g_ref| + rms``, at most): the
 #: report says so.
 WIDE_BAR = 0.25
 
-#: Primitives that move or select values without rounding them.
-EXACT = frozenset(
-    """abs argmax argmin broadcast_in_dim ceil clamp concatenate copy copy_p
-    device_put dynamic_slice dynamic_update_slice eq expand_dims floor gather ge
-    gt iota is_finite le lt max min ne neg optimization_barrier pad real
-    reduce_and reduce_max reduce_min reduce_or reshape rev round scatter select_n
-    sharding_constraint sign slice sort split squeeze stop_gradient transpose
-    imag mesh_cast reduce_precision""".split()
-)
-
-#: Correctly rounded arithmetic (one rounding per operation).
-ARITHMETIC = frozenset("add add_any sub mul div sqrt rsqrt square integer_pow".split())
-
-#: Call-like primitives whose body maps inputs and outputs one to one, and the
-#: parameter that holds it: the slice of a leaf's gradient goes inside them.
-CALLS: dict[str, str] = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "checkpoint": "jaxpr",
-    "remat": "jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-}
-
-#: The rounding models: how roundings combine into an error bound.
-ROUNDING_MODELS = ("random", "worst")
-
-
-def unit_roundoff(dtype: Any) -> float:
-    """``eps / 2`` of a floating-point dtype: the largest relative error of one
-    correctly rounded operation.
-
-    Examples:
-      >>> unit_roundoff(jnp.bfloat16), unit_roundoff(jnp.float32)
-      (0.00390625, 5.960464477539063e-08)
-    """
-    return float(jnp.finfo(jnp.dtype(dtype)).eps) / 2
-
-
-# --------------------------------------------------------------------------- #
-# Roundings on the path to each output of a jaxpr.
-# --------------------------------------------------------------------------- #
-
-Counts = collections.Counter  # dtype name -> roundings
-
-
-class _Context:
-    """What a rounding count assumes (``accumulation``) and what it could not
-    see (``remarks``)."""
-
-    def __init__(self, accumulation: str | None) -> None:
-        self.accumulation = accumulation
-        self.remarks: set[str] = set()
-
-
-def _is_var(a: Any) -> bool:
-    return not isinstance(a, jcore.Literal)
-
-
-def _float_dtype(a: Any) -> str | None:
-    dtype = getattr(getattr(a, "aval", None), "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        return None
-    return jnp.dtype(dtype).name
-
-
-def _shape(a: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in getattr(a.aval, "shape", ()))
-
-
-def _reduction_size(eqn: Any) -> int | None:
-    """Terms summed into one output entry, or ``None`` for a non-reduction."""
-    name, p = eqn.primitive.name, eqn.params
-    if name == "dot_general":
-        (contract, _), _ = p["dimension_numbers"]
-        return math.prod(_shape(eqn.invars[0])[d] for d in contract)
-    if name in ("reduce_sum", "reduce_prod"):
-        return math.prod(_shape(eqn.invars[0])[d] for d in p["axes"])
-    if name in ("cumsum", "cumprod", "cumlogsumexp"):
-        return _shape(eqn.invars[0])[p["axis"]]
-    if name == "conv_general_dilated":
-        rhs = _shape(eqn.invars[1])
-        out_dim = p["dimension_numbers"].rhs_spec[0]
-        return math.prod(rhs) // max(rhs[out_dim], 1)
-    if name == "scatter-add":  # duplicates of an index are summed: on average
-        return -(-math.prod(_shape(eqn.invars[2])) // max(1, eqn.outvars[0].aval.size))
-    return None
-
-
-def _eqn_counts(eqn: Any, ctx: _Context) -> Counts:
-    """The roundings one entry of an equation's output goes through."""
-    out = _float_dtype(eqn.outvars[0]) if eqn.outvars else None
-    name = eqn.primitive.name
-    if out is None or name in EXACT:
-        return Counts()
-    if name == "convert_element_type":
-        src = _float_dtype(eqn.invars[0])
-        narrower = src is not None and jnp.dtype(src).itemsize > jnp.dtype(out).itemsize
-        return Counts({out: 1}) if narrower else Counts()
-    size = _reduction_size(eqn)
-    if size is None:
-        return Counts({out: 1 if name in ARITHMETIC else TRANSCENDENTAL_ROUNDINGS})
-    acc = eqn.params.get("preferred_element_type") or out
-    acc = jnp.dtype(acc).name if jnp.issubdtype(acc, jnp.floating) else out
-    if (
-        name in ("dot_general", "conv_general_dilated")
-        and ctx.accumulation
-        and unit_roundoff(acc) > unit_roundoff(ctx.accumulation)
-    ):
-        acc = ctx.accumulation
-    counts = Counts({acc: size})
-    if acc != out:
-        counts[out] += 1
-    return counts
-
-
-def _body_counts(eqn: Any, ctx: _Context) -> Counts:
-    """Every rounding inside an equation with bodies it does not map one to one
-    (loops, branches, kernels), charged in full."""
-    name = eqn.primitive.name
-    bodies = list(jcore.jaxprs_in_params(eqn.params))
-    per = []
-    for body in bodies:
-        counts, _ = _slice(body, [True] * len(body.outvars), ctx)
-        per.append(counts)
-    if name == "cond":  # one branch runs: the costliest
-        return max(per, key=lambda c: sum(c.values()), default=Counts())
-    total = sum(per, Counts())
-    if name == "scan":
-        return Counts({k: v * int(eqn.params["length"]) for k, v in total.items()})
-    if name == "while":
-        ctx.remarks.add(
-            "a while loop: its trip count is unknown, so its body's roundings are "
-            "counted once"
-        )
-    elif name not in CALLS:
-        ctx.remarks.add(
-            f"{name}: its body's roundings are counted once (a kernel's grid or a "
-            "map's repetitions are not seen)"
-        )
-    return total
-
-
-def _slice(jaxpr: Any, out_live: Sequence[bool], ctx: _Context) -> tuple:
-    """``(counts, in_live)``: the roundings of every equation the live outputs
-    depend on (each counted once), and which inputs they read."""
-    live = {
-        v for v, keep in zip(jaxpr.outvars, out_live, strict=True) if keep and _is_var(v)
-    }
-    counts = Counts()
-    for eqn in reversed(jaxpr.eqns):
-        outs = [v in live for v in eqn.outvars]
-        if not any(outs):
-            continue
-        body = eqn.params.get(CALLS.get(eqn.primitive.name, ""))
-        body = getattr(body, "jaxpr", body)
-        if body is not None and len(body.invars) == len(eqn.invars):
-            sub, in_live = _slice(body, outs, ctx)
-            counts += sub
-        else:
-            has_body = any(True for _ in jcore.jaxprs_in_params(eqn.params))
-            counts += _body_counts(eqn, ctx) if has_body else _eqn_counts(eqn, ctx)
-            in_live = [True] * len(eqn.invars)
-        live.update(
-            v for v, k in zip(eqn.invars, in_live, strict=True) if k and _is_var(v)
-        )
-    return counts, [v in live for v in jaxpr.invars]
-
-
-def rounding_counts(
-    closed_jaxpr: Any, accumulation: str | None = "float32"
-) -> tuple[list[Counts], list[str]]:
-    """Per output of a jaxpr, the roundings (by dtype) on its dependency slice.
-
-    Every equation the output depends on counts once, with the roundings one
-    entry of its result goes through: one per correctly rounded arithmetic
-    operation, :data:`TRANSCENDENTAL_ROUNDINGS` per transcendental, ``K`` per
-    reduction of ``K`` terms (a dot over ``K``, a sum over ``K`` entries, a
-    convolution window) in its accumulation dtype, none for data movement.
-
-    Args:
-      closed_jaxpr: e.g. ``jax.make_jaxpr(jax.value_and_grad(f))(params)``.
-      accumulation: the dtype in which matrix products and convolutions of a
-        narrower dtype accumulate (then one more rounding to their output
-        dtype); ``None`` takes the jaxpr's dtypes literally.
-
-    Returns:
-      ``(counts, remarks)``: a ``Counter`` ``{dtype name: roundings}`` per
-      output, and what the count could not see (while loops, kernels).
-
-    Examples:
-      >>> cj = jax.make_jaxpr(lambda w, x: jnp.tanh(x @ w).sum())(
-      ...     jnp.ones((16, 2), jnp.bfloat16), jnp.ones((3, 16), jnp.bfloat16))
-      >>> rounding_counts(cj)[0]
-      [Counter({'float32': 22, 'bfloat16': 6})]
-      >>> rounding_counts(cj, accumulation=None)[0]
-      [Counter({'bfloat16': 21, 'float32': 6})]
-    """
-    ctx = _Context(accumulation)
-    jaxpr = closed_jaxpr.jaxpr
-    out = []
-    for k in range(len(jaxpr.outvars)):
-        live = [j == k for j in range(len(jaxpr.outvars))]
-        out.append(_slice(jaxpr, live, ctx)[0])
-    return out, sorted(ctx.remarks)
-
-
-def tolerance(counts: Counts, rounding: str = "random", safety: float = 1.0) -> float:
-    """The bar for counts of roundings: ``safety * sqrt(sum_d N_d u_d**2)``
-    (random rounding) or ``safety * sum_d N_d u_d`` (worst case).
-
-    Examples:
-      >>> round(tolerance(Counts({"bfloat16": 16}), safety=8.0), 4)
-      0.125
-      >>> round(tolerance(Counts({"bfloat16": 16}), "worst", safety=1.0), 4)
-      0.0625
-    """
-    terms = [(n, unit_roundoff(d)) for d, n in counts.items() if n]
-    if rounding == "worst":
-        return safety * sum(n * u for n, u in terms)
-    return safety * math.sqrt(sum(n * u * u for n, u in terms))
-
-
-def _describe(counts: Counts) -> str:
-    """``"bfloat16: 57, float32: 12"``, lowest precision first."""
-    order = sorted(counts, key=lambda d: -unit_roundoff(d))
-    return ", ".join(f"{d}: {counts[d]:,}" for d in order if counts[d])
-
-
-def _noisy_eval(
-    jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], key: jax.Array, u: float,
-    ctx: _Context,
-) -> list:  # fmt: skip
-    """Evaluates ``jaxpr`` with every rounding operation's result multiplied by
-    ``1 + u xi``, ``xi ~ U[-1, 1]`` (inside one-to-one calls too)."""
-    env: dict = {}
-
-    def read(a: Any) -> Any:
-        return a.val if isinstance(a, jcore.Literal) else env[a]
-
-    env.update(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-    for i, eqn in enumerate(jaxpr.eqns):
-        ins = [read(a) for a in eqn.invars]
-        k = jax.random.fold_in(key, i)
-        body = eqn.params.get(CALLS.get(eqn.primitive.name, ""))
-        if body is not None and len(getattr(body, "jaxpr", body).invars) == len(ins):
-            inner_consts = getattr(body, "consts", [])
-            outs = _noisy_eval(getattr(body, "jaxpr", body), inner_consts, ins, k, u, ctx)
-        else:
-            outs = eqn.primitive.bind(*ins, **eqn.params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
-            rounds = any(True for _ in jcore.jaxprs_in_params(eqn.params)) or sum(
-                _eqn_counts(eqn, ctx).values()
-            )
-            if rounds:
-                outs = [_jitter(o, jax.random.fold_in(k, j), u) for j, o in enumerate(outs)]
-        env.update(zip(eqn.outvars, outs, strict=True))
-    return [read(v) for v in jaxpr.outvars]
-
-
-def _jitter(x: Any, key: jax.Array, u: float) -> Any:
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        return x
-    xi = jax.random.uniform(key, jnp.shape(x), dtype, -1.0, 1.0)
-    return x * (1 + u * xi)
-
-
-# --------------------------------------------------------------------------- #
 # The two sides: inputs, traced gradient programs, values.
 # --------------------------------------------------------------------------- #
 
@@ -358,7 +90,10 @@ class _Inputs:
         ]
         a_leaves, self.a_treedef = jax.tree_util.tree_flatten(args)
         self.a_dyn = [isinstance(v, jax.Array | np.ndarray) for v in a_leaves]
-        self.a_leaves = [jnp.asarray(v) if d else v for v, d in zip(a_leaves, self.a_dyn)]
+        self.a_leaves = [
+            jnp.asarray(v) if d else v
+            for v, d in zip(a_leaves, self.a_dyn, strict=True)
+        ]
         self.skipped = tuple(
             SkippedLeaf(i.path, i.reason, i.dtype, i.shape)
             for i in self.infos
@@ -379,7 +114,7 @@ class _Inputs:
             return v
 
         theta = [cast(self.leaves[p]) for p in self.checked]
-        dyn = [cast(v) for v, d in zip(self.a_leaves, self.a_dyn) if d]
+        dyn = [cast(v) for v, d in zip(self.a_leaves, self.a_dyn, strict=True) if d]
         return theta, dyn
 
     def rebuild(self, theta: Sequence[Any], dyn: Sequence[Any]) -> tuple:
@@ -387,7 +122,9 @@ class _Inputs:
         for p, v in zip(self.checked, theta, strict=True):
             leaves[p] = v
         it = iter(dyn)
-        a = [next(it) if d else v for v, d in zip(self.a_leaves, self.a_dyn)]
+        a = [
+            next(it) if d else v for v, d in zip(self.a_leaves, self.a_dyn, strict=True)
+        ]
         params = jax.tree_util.tree_unflatten(self.treedef, leaves)
         return params, jax.tree_util.tree_unflatten(self.a_treedef, a)
 
@@ -448,7 +185,12 @@ class _Side:
                 v, g = jax.value_and_grad(self._scalar(value))(theta, dyn)
                 return v, list(g)
             params, args = inputs.rebuild(theta, dyn)
-            g = _match(grad_fn(params, *args), inputs, f"{who} ({callable_name(grad_fn)})", other)
+            g = _match(
+                grad_fn(params, *args),
+                inputs,
+                f"{who} ({callable_name(grad_fn)})",
+                other,
+            )
             return self._scalar(value)(theta, dyn), g
 
         theta, dyn = inputs.dynamic(up)
@@ -461,7 +203,7 @@ class _Side:
                 "the same pytree; write the reference for the same structure."
             ) from e
         self.counts, self.remarks = rounding_counts(traced.jaxpr, accumulation)
-        self.traced_jaxpr, self.ctx = traced.jaxpr, _Context(accumulation)
+        self.traced_jaxpr, self.ctx = traced.jaxpr, Context(accumulation)
         self.compiled, self.theta, self.dyn = traced.lower().compile(), theta, dyn
         out = self.compiled(theta, dyn)
         self.value = float(np.asarray(out[0]).astype(np.float64))
@@ -483,7 +225,7 @@ class _Side:
         flat = jax.tree_util.tree_leaves((self.theta, self.dyn))
 
         def one(key: jax.Array) -> list:
-            return _noisy_eval(closed.jaxpr, closed.consts, flat, key, u, self.ctx)
+            return noisy_eval(closed.jaxpr, closed.consts, flat, key, u, self.ctx)
 
         keys = jax.random.split(jax.random.PRNGKey(seed), samples)
         outs = jax.jit(jax.vmap(one))(keys)
@@ -529,7 +271,9 @@ class _Options:
             return ok and math.isfinite(v)
 
         def count(v: Any) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+            return (
+                isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+            )
 
         if self.rounding not in ROUNDING_MODELS:
             raise ValueError(
@@ -546,7 +290,9 @@ class _Options:
                 f"non-negative finite number, got {self.scale!r}."
             )
         if self.rtol is not None and not (number(self.rtol) and self.rtol > 0):
-            raise ValueError(f"`rtol` must be None or a positive number, got {self.rtol!r}.")
+            raise ValueError(
+                f"`rtol` must be None or a positive number, got {self.rtol!r}."
+            )
         for name in ("max_worst", "sensitivity", "seed"):
             if not count(getattr(self, name)):
                 raise ValueError(
@@ -554,7 +300,8 @@ class _Options:
                 )
         acc = self.accumulation
         if acc is not None and not (
-            isinstance(acc, str) and acc in ("float16", "bfloat16", "float32", "float64")
+            isinstance(acc, str)
+            and acc in ("float16", "bfloat16", "float32", "float64")
         ):
             raise ValueError(
                 '`accumulation` must be None or a float dtype name such as "float32", '
@@ -598,8 +345,10 @@ def _leaf_report(
     order = np.lexsort((-np.nan_to_num(err), ~inconclusive, ~wrong))
     worst = tuple(
         CoordResult(
-            index=tree.unravel(int(j), info.shape), analytic=float(g[j]),
-            numeric=float(r[j]), rel_error=float(err[j]),
+            index=tree.unravel(int(j), info.shape),
+            analytic=float(g[j]),
+            numeric=float(r[j]),
+            rel_error=float(err[j]),
             verdict=compare.VERDICT_NAMES[int(code[j])],
         )  # fmt: skip
         for j in order[:max_worst]
@@ -630,7 +379,7 @@ def _bar_note(path: str, c: Counts, tol: float, o: _Options) -> str:
     return (
         f"bar of {path}: {tol:.2g} = {o.safety:g} * {form} * u({low}) = {o.safety:g} "
         f"* {form} * {unit_roundoff(low):.2g}, from the roundings on its gradient's "
-        f"path ({_describe(c) or 'none'})"
+        f"path ({describe(c) or 'none'})"
     )
 
 
