@@ -129,6 +129,14 @@ class _Inputs:
         return params, jax.tree_util.tree_unflatten(self.a_treedef, a)
 
 
+class _TreeMismatch(ValueError):
+    """A gradient tree unlike ``params`` (raised as is, never re-wrapped)."""
+
+
+class _NotScalar(TypeError):
+    """An output that is not a real scalar (raised as is, never re-wrapped)."""
+
+
 def _match(grads: PyTree, inputs: _Inputs, who: str, other: str) -> list[Any]:
     """The entries of a user's gradient tree at the checked leaves, in order."""
     g_leaves, g_paths, _ = tree.flatten(grads)
@@ -137,7 +145,7 @@ def _match(grads: PyTree, inputs: _Inputs, who: str, other: str) -> list[Any]:
     extra = [p for p in by_path if p not in paths and by_path[p] is not None]
     missing = [p for p in paths if by_path.get(p) is None]
     if extra or missing:
-        raise ValueError(
+        raise _TreeMismatch(
             f"{who} returned a gradient tree with leaves {sorted(by_path)}, but "
             f"{other} has one per checked leaf of `params`: {paths} (missing: "
             f"{missing}, not in params: {extra}). Both gradients must have the "
@@ -149,7 +157,7 @@ def _match(grads: PyTree, inputs: _Inputs, who: str, other: str) -> list[Any]:
         if tuple(np.shape(g)) != info.shape or not jnp.issubdtype(
             jnp.result_type(g), jnp.floating
         ):
-            raise ValueError(
+            raise _TreeMismatch(
                 f"{who} returned shape {tuple(np.shape(g))} ({jnp.result_type(g)}) "
                 f"for leaf {p}, but {other} has the leaf's shape {info.shape}, "
                 "floating point. A gradient has the shape of its parameter (a "
@@ -157,6 +165,14 @@ def _match(grads: PyTree, inputs: _Inputs, who: str, other: str) -> list[Any]:
             )
         out.append(g)
     return out
+
+
+def _quick() -> dict[str, Any] | None:
+    """XLA options for the small programs of a check on CPU: no optimization
+    passes (compilation dominates; the runs take milliseconds)."""
+    if jax.local_devices()[0].platform != "cpu":
+        return None
+    return {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 class _Side:
@@ -196,15 +212,22 @@ class _Side:
         theta, dyn = inputs.dynamic(up)
         try:
             traced = jax.jit(program).trace(theta, dyn)
-        except (KeyError, IndexError, AttributeError) as e:
+        except (_TreeMismatch, _NotScalar):
+            raise
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
             raise ValueError(
                 f"`{role}` ({self.name}) failed on the `params`/args that {other} "
-                f"takes ({type(e).__name__}: {e}). `f` and `f_ref` are called with "
-                "the same pytree; write the reference for the same structure."
+                f"runs on ({type(e).__name__}: {str(e)[:300]}). `f` and `f_ref` "
+                "are called with the same pytree and shapes; write the reference "
+                "for the same structure (same keys, same shapes and layouts)."
             ) from e
         self.counts, self.remarks = rounding_counts(traced.jaxpr, accumulation)
         self.traced_jaxpr, self.ctx = traced.jaxpr, Context(accumulation)
-        self.compiled, self.theta, self.dyn = traced.lower().compile(), theta, dyn
+        self.compiled, self.theta, self.dyn = (
+            traced.lower().compile(_quick()),
+            theta,
+            dyn,
+        )
         out = self.compiled(theta, dyn)
         self.value = float(np.asarray(out[0]).astype(np.float64))
         self.grads = [np.asarray(g).astype(np.float64) for g in out[1]]
@@ -227,8 +250,8 @@ class _Side:
         def one(key: jax.Array) -> list:
             return noisy_eval(closed.jaxpr, closed.consts, flat, key, u, self.ctx)
 
-        keys = jax.random.split(jax.random.PRNGKey(seed), samples)
-        outs = jax.jit(jax.vmap(one))(keys)
+        keys = jax.random.split(jax.random.key(seed, impl="unsafe_rbg"), samples)
+        outs = jax.jit(jax.vmap(one)).lower(keys).compile(_quick())(keys)
         return [np.std(np.asarray(g, np.float64), axis=0, ddof=1) for g in outs[1:]]
 
     def _scalar(self, value: Callable) -> Callable:
@@ -236,7 +259,7 @@ class _Side:
             out = value(theta, dyn)
             shape, dtype = jnp.shape(out), jnp.result_type(out)
             if shape != () or not jnp.issubdtype(dtype, jnp.floating):
-                raise TypeError(
+                raise _NotScalar(
                     f"`{self.role}` ({self.name}) returned shape {shape} and dtype "
                     f"{dtype}; `f` and `f_ref` must both return a real "
                     "floating-point scalar (a loss). Reduce the output, e.g. "
@@ -400,7 +423,7 @@ def _compare(
         notes.append(
             _bar_note(info.path, counts, tol, o)
             + f"; scale {base:.3g}"
-            + (f" + sensitivity (median {np.median(extra):.3g}, max {extra.max():.3g})"
+            + (f" + {o.safety:g} sigma / bar (median {np.median(extra):.3g}, max {extra.max():.3g})"
                if o.sensitivity >= 2 else "")
         )  # fmt: skip
         if tol >= WIDE_BAR:
@@ -430,8 +453,9 @@ def _report(mine: _Side, ref: _Side, inputs: _Inputs, o: _Options, t0: float):
     low = [d for d in mine.dtypes if unit_roundoff(d) > unit_roundoff("float64")]
     ref_low = [d for d in ref.dtypes if unit_roundoff(d) > unit_roundoff("float64")]
     sens = (
-        f" + sensitivity_i (the spread of g_ref_i over {o.sensitivity} evaluations at "
-        f"inputs perturbed by a relative {u:.2g}, divided by {u:.2g})"
+        f" + {o.safety:g} sigma_i / bar, sigma_i = the spread of g_ref_i over "
+        f"{o.sensitivity} float64 evaluations with every rounding emulated as a "
+        f"relative perturbation of {u:.2g}"
         if o.sensitivity >= 2
         else ""
     )
