@@ -546,7 +546,7 @@ def check_against_reference(
     read from the jaxprs of both gradient computations: one per arithmetic
     operation, 4 per transcendental, ``K`` per reduction of ``K`` terms (a dot
     over ``K``, a sum over ``K`` entries) in its accumulation dtype; ``u_d`` is
-    the unit roundoff ``eps/2`` of ``d`` (2**-9 for bfloat16, 2**-11 for
+    the unit roundoff ``eps/2`` of ``d`` (2**-8 for bfloat16, 2**-11 for
     float16, 2**-24 for float32). The default "random" model lets errors grow
     like ``sqrt(K) u``: roundings of different operations are uncorrelated in
     practice (the probabilistic bounds of Higham and Mary, 2019), while the
@@ -564,7 +564,7 @@ def check_against_reference(
     Worked example: ``W`` of shape (64, 4) in ``tanh(x @ W).sum()`` with ``x``
     of shape (8, 64), all bfloat16 (the example below). The counts on ``W``'s
     gradient path are bfloat16: 11, float32: 72 (dots accumulate in float32),
-    float64: 80 (the reference), so ``bar = 8 * sqrt(11) * 2**-9 = 0.10``; the
+    float64: 80 (the reference), so ``bar = 8 * sqrt(11) * 2**-8 = 0.10``; the
     float32 and float64 terms add less than 1e-8. An entry with ``g_ref = 0.5``
     in a leaf of RMS gradient 1.9 may be off by ``0.10 * 2.4 = 0.25`` plus
     ``8 sigma_i``: bfloat16 is coarse. The same layer in float32 gets a bar of
