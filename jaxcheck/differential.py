@@ -54,6 +54,10 @@ PyTree = Any
 #: float16, float32) the worst entry used 0.4 of the bar.
 DEFAULT_SAFETY = 8.0
 
+#: Above this many numbers (samples x rounded entries), the sensitivity noise
+#: is drawn inside the program instead of on the host (64 MiB of float32).
+MAX_HOST_NOISE = 1 << 24
+
 #: A leaf whose bar is at least this wide cannot catch a gradient scaled by
 #: 1.5 or 0.5 (a relative error of 0.5 against ``|g_ref| + rms``, at most): the
 #: report says so.
@@ -175,6 +179,32 @@ def _quick() -> dict[str, Any] | None:
     return {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
+class _HostNoise:
+    """Numbers in ``[-1, 1]`` handed out in order from one flat array; with
+    ``None``, only counts how many are asked for (zeros)."""
+
+    def __init__(self, flat: Any) -> None:
+        self.flat, self.used = flat, 0
+
+    def __call__(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        start, self.used = self.used, self.used + math.prod(shape)
+        if self.flat is None:
+            return jnp.zeros(shape, dtype)
+        return self.flat[start : self.used].reshape(shape).astype(dtype)
+
+
+def _key_noise(key: jax.Array) -> Callable:
+    """Numbers uniform in ``[-1, 1]`` from ``key``, a new key per request."""
+    count = iter(range(1 << 30))
+
+    def noise(shape: tuple[int, ...], dtype: Any) -> Any:
+        return jax.random.uniform(
+            jax.random.fold_in(key, next(count)), shape, dtype, -1, 1
+        )
+
+    return noise
+
+
 class _Side:
     """One implementation: ``f`` at its native dtype or ``f_ref`` in float64.
 
@@ -247,11 +277,19 @@ class _Side:
         closed = self.traced_jaxpr
         flat = jax.tree_util.tree_leaves((self.theta, self.dyn))
 
-        def one(key: jax.Array) -> list:
-            return noisy_eval(closed.jaxpr, closed.consts, flat, key, u, self.ctx)
+        def run(noise: Callable) -> list:
+            return noisy_eval(closed.jaxpr, closed.consts, flat, noise, u, self.ctx)
 
-        keys = jax.random.split(jax.random.key(seed, impl="unsafe_rbg"), samples)
-        outs = jax.jit(jax.vmap(one)).lower(keys).compile(_quick())(keys)
+        counter = _HostNoise(None)
+        jax.eval_shape(lambda: run(counter))
+        if counter.used * samples <= MAX_HOST_NOISE:  # drawn on the host: quick
+            xi = np.random.default_rng(seed).uniform(-1, 1, (samples, counter.used))
+            xi = xi.astype(np.float32)
+            program = jax.vmap(lambda row: run(_HostNoise(row)))
+        else:  # drawn in the program: no large input, a longer compilation
+            xi = jax.random.split(jax.random.key(seed, impl="unsafe_rbg"), samples)
+            program = jax.vmap(lambda key: run(_key_noise(key)))
+        outs = jax.jit(program).lower(xi).compile(_quick())(xi)
         return [np.std(np.asarray(g, np.float64), axis=0, ddof=1) for g in outs[1:]]
 
     def _scalar(self, value: Callable) -> Callable:

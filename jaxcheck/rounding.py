@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
@@ -216,6 +215,7 @@ def rounding_counts(
       output, and what the count could not see (while loops, kernels).
 
     Examples:
+      >>> import jax
       >>> cj = jax.make_jaxpr(lambda w, x: jnp.tanh(x @ w).sum())(
       ...     jnp.ones((16, 2), jnp.bfloat16), jnp.ones((3, 16), jnp.bfloat16))
       >>> rounding_counts(cj)[0]
@@ -255,11 +255,21 @@ def describe(counts: Counts) -> str:
 
 
 def noisy_eval(
-    jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], key: jax.Array, u: float,
-    ctx: Context,
+    jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
+    noise: Callable[[tuple[int, ...], Any], Any], u: float, ctx: Context,
 ) -> list:  # fmt: skip
     """Evaluates ``jaxpr`` with every rounding operation's result multiplied by
-    ``1 + u xi``, ``xi ~ U[-1, 1]`` (inside one-to-one calls too)."""
+    ``1 + u xi`` (inside one-to-one calls too), ``xi = noise(shape, dtype)``
+    with entries in ``[-1, 1]``, drawn in the order of the equations.
+
+    Examples:
+      >>> import jax
+      >>> cj = jax.make_jaxpr(lambda x: jnp.exp(x) + 1.0)(jnp.zeros(2))
+      >>> half = lambda shape, dtype: jnp.full(shape, 0.5, dtype)
+      >>> out = noisy_eval(cj.jaxpr, [], [jnp.zeros(2)], half, 0.1, Context(None))
+      >>> [round(v, 5) for v in out[0].tolist()]  # (1 * 1.05 + 1) * 1.05
+      [2.1525, 2.1525]
+    """
     env: dict = {}
 
     def read(a: Any) -> Any:
@@ -267,14 +277,13 @@ def noisy_eval(
 
     env.update(zip(jaxpr.constvars, consts, strict=True))
     env.update(zip(jaxpr.invars, args, strict=True))
-    for i, eqn in enumerate(jaxpr.eqns):
+    for eqn in jaxpr.eqns:
         ins = [read(a) for a in eqn.invars]
-        k = jax.random.fold_in(key, i)
         body = eqn.params.get(CALLS.get(eqn.primitive.name, ""))
         if body is not None and len(getattr(body, "jaxpr", body).invars) == len(ins):
             inner_consts = getattr(body, "consts", [])
             outs = noisy_eval(
-                getattr(body, "jaxpr", body), inner_consts, ins, k, u, ctx
+                getattr(body, "jaxpr", body), inner_consts, ins, noise, u, ctx
             )
         else:
             outs = eqn.primitive.bind(*ins, **eqn.params)
@@ -283,19 +292,16 @@ def noisy_eval(
                 _eqn_counts(eqn, ctx).values()
             )
             if rounds:
-                outs = [
-                    _jitter(o, jax.random.fold_in(k, j), u) for j, o in enumerate(outs)
-                ]
+                outs = [_jitter(o, noise, u) for o in outs]
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
 
-def _jitter(x: Any, key: jax.Array, u: float) -> Any:
+def _jitter(x: Any, noise: Callable[[tuple[int, ...], Any], Any], u: float) -> Any:
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         return x
-    xi = jax.random.uniform(key, jnp.shape(x), dtype, -1.0, 1.0)
-    return x * (1 + u * xi)
+    return x * (1 + u * noise(tuple(jnp.shape(x)), dtype))
 
 
 # --------------------------------------------------------------------------- #
