@@ -321,3 +321,22 @@ def test_assert_against_reference_raises_with_the_report():
         )
     assert err.value.report.failures[0].path == "['b2']"
     assert "FAILED" in str(err.value).splitlines()[0]
+
+
+def test_sensitivity_drawn_in_the_program_agrees(monkeypatch):
+    """Above MAX_HOST_NOISE numbers the noise is drawn inside the program: the
+    check still passes and the sensitivity term is of the same size."""
+    import jaxcheck.differential as differential
+
+    def sigma_notes(report):
+        return [n for n in report.notes if n.startswith("bar of ")]
+
+    host = correct_report("float16")
+    monkeypatch.setattr(differential, "MAX_HOST_NOISE", 0)
+    inside = check_against_reference(net_fused, net_ref, *data("float16"))
+    assert inside.passed
+    for a, b in zip(host.leaves, inside.leaves, strict=True):
+        assert a.rtol == b.rtol
+        assert b.max_rel_error == pytest.approx(a.max_rel_error, rel=0.5)
+    assert len(sigma_notes(inside)) == len(LEAVES)
+    assert all("sigma / bar (median" in n for n in sigma_notes(inside))
