@@ -8,7 +8,23 @@ sees, cast up exactly). No finite differences: the reference's gradient is the
 "numeric" side of the report. Each leaf gets a tolerance derived from the unit
 roundoff of the dtypes ``f`` computes in and the reduction sizes on the path
 to that leaf's gradient, read from the jaxpr of the gradient computation (see
-:func:`check_against_reference` for the formula and a worked example).
+:func:`check_against_reference` for the formula).
+
+The rounding model: "random" (the default) lets errors grow like ``sqrt(K) u``
+over ``K`` roundings: roundings of different operations are uncorrelated in
+practice (the probabilistic bounds of Higham and Mary, 2019). The worst case
+``K u`` needs every rounding to go the same way and would put the bar of a
+bfloat16 dot over 1024 terms at 4 (32 with the default safety 8); ``rounding="worst"`` gives it.
+
+Worked example: ``W`` of shape (64, 4) in ``tanh(x @ W).sum()`` with ``x`` of
+shape (8, 64), all bfloat16 (the example of :func:`check_against_reference`).
+The counts on ``W``'s gradient path are bfloat16: 11, float32: 72 (dots
+accumulate in float32), float64: 80 (the reference), so ``bar = 8 * sqrt(11) * 2**-8 = 0.10``; the
+float32 and float64 terms add less than 1e-8. An entry with ``g_ref = 0.5``
+in a leaf of RMS gradient 1.9 may be off by ``0.10 * 2.4 = 0.25`` plus
+``8 sigma_i``: bfloat16 is coarse. The network of tests/test_differential.py
+gets bars near 5e-6 in float32, where a dropped gradient term of relative size
+1e-2 fails (and passes in bfloat16, whose bars are near 0.1).
 """
 
 from __future__ import annotations
@@ -566,13 +582,10 @@ def check_against_reference(
     """Compares ``jax.grad(f)`` at its native dtype with ``jax.grad(f_ref)`` in
     float64, leaf by leaf, with a bar derived from the rounding on the way.
 
-    ``f`` is the implementation under test (a fused or Pallas kernel, a
-    bfloat16/float16/float32 model) and is called with ``params`` and ``args``
-    exactly as given. ``f_ref`` is a plain reference for the same function; it
-    is called in float64 with the SAME values (every floating-point leaf cast
-    up exactly), so both see identical inputs and any difference comes from
-    rounding inside ``f`` or from a bug. The reference gradient is the
-    "numeric" column of the report; no finite differences are taken.
+    ``f`` (a fused or Pallas kernel, a bfloat16/float16/float32 model) gets
+    ``params`` and ``args`` as given; ``f_ref`` gets the SAME values cast up to
+    float64 (exactly), so a difference comes from rounding in ``f`` or a bug.
+    The reference gradient is the report's "numeric" column.
 
     Coordinate ``i`` of a leaf passes when::
 
@@ -585,28 +598,15 @@ def check_against_reference(
     operation, 4 per transcendental, ``K`` per reduction of ``K`` terms (a dot
     over ``K``, a sum over ``K`` entries) in its accumulation dtype; ``u_d`` is
     the unit roundoff ``eps/2`` of ``d`` (2**-8 for bfloat16, 2**-11 for
-    float16, 2**-24 for float32). The default "random" model lets errors grow
-    like ``sqrt(K) u``: roundings of different operations are uncorrelated in
-    practice (the probabilistic bounds of Higham and Mary, 2019), while the
-    worst case ``K u`` needs every rounding to go the same way and would put
-    the bar of a bfloat16 dot over 1024 terms at 4, above any bug. ``scale``
+    float16, 2**-24 for float32); why "random" is the default: see the module
+    docstring. ``scale``
     (the leaf's RMS reference gradient by default) keeps near-zero entries from
     being judged by relative error alone, and ``sigma_i`` is the spread of
     ``g_ref_i`` over ``sensitivity`` float64 evaluations with every rounding
     emulated as a random relative perturbation of size ``u`` (the lowest
-    precision ``f`` computes in): it widens the allowance where the gradient
-    is ill-conditioned. The report shows ``bar`` as each leaf's ``rtol``, the
-    ratio ``|g_i - g_ref_i| / (|g_ref_i| + scale + safety * sigma_i / bar)``
-    as the relative error, and one note per leaf with its counts.
-
-    Worked example: ``W`` of shape (64, 4) in ``tanh(x @ W).sum()`` with ``x``
-    of shape (8, 64), all bfloat16 (the example below). The counts on ``W``'s
-    gradient path are bfloat16: 11, float32: 72 (dots accumulate in float32),
-    float64: 80 (the reference), so ``bar = 8 * sqrt(11) * 2**-8 = 0.10``; the
-    float32 and float64 terms add less than 1e-8. An entry with ``g_ref = 0.5``
-    in a leaf of RMS gradient 1.9 may be off by ``0.10 * 2.4 = 0.25`` plus
-    ``8 sigma_i``: bfloat16 is coarse. The same layer in float32 gets a bar of
-    about 3e-6 and catches a dropped term of relative size 1e-2.
+    precision ``f`` computes in), wider where the gradient is ill-conditioned.
+    The report shows ``bar`` as each leaf's ``rtol`` and the relative error
+    ``|g_i - g_ref_i| / (|g_ref_i| + scale + safety * sigma_i / bar)``.
 
     Args:
       f: the implementation, a scalar function ``f(params, *args)``.
@@ -614,8 +614,7 @@ def check_against_reference(
         and ``args``, evaluated in float64.
       params: the pytree of parameters, at the dtype ``f`` runs in. Leaves
         that are not floating-point arrays are skipped and listed.
-      *args: fixed arguments of both (floating-point arrays are cast up for
-        ``f_ref`` too).
+      *args: fixed arguments of both (float arrays cast up for ``f_ref`` too).
       grad_fn: the gradient of ``f`` as ``grad_fn(params, *args)`` (a pytree
         like ``params``) instead of ``jax.grad(f)``.
       ref_grad_fn: the same for ``f_ref``.
@@ -623,24 +622,19 @@ def check_against_reference(
       safety: the factor on the rounding model (see :data:`DEFAULT_SAFETY`).
       scale: ``"rms"`` (each leaf's RMS reference gradient) or a number.
       sensitivity: evaluations for ``sigma_i``; below 2 it is left out.
-      accumulation: the dtype in which narrower dots and convolutions
-        accumulate (float32 on CPU, GPU and TPU); ``None`` takes the jaxpr's
-        dtypes literally.
+      accumulation: where narrower dots and convolutions accumulate (float32
+        on CPU, GPU, TPU); ``None`` takes the jaxpr's dtypes literally.
       rtol: a fixed bar for every leaf instead of the derived one.
-      max_worst: worst coordinates kept per leaf.
-      seed: seed of the sensitivity evaluations.
+      max_worst: worst coordinates kept per leaf; seed: of the sensitivity.
 
     Returns:
-      a :class:`GradCheckReport`, method ``"reference"``, one
-      :class:`LeafReport` per checked leaf with every coordinate compared.
+      a :class:`GradCheckReport` (method ``"reference"``), every coordinate
+      of every checked leaf compared.
 
     Raises:
-      ValueError: when ``f_ref`` cannot run on the pytree ``f`` takes (or the
-        reverse), when a ``grad_fn`` returns a tree or shape unlike
-        ``params``, or when an option is invalid; the message names both
-        functions.
-      TypeError: when ``f`` or ``f_ref`` is not callable or does not return a
-        floating-point scalar.
+      ValueError: ``f`` and ``f_ref`` (or a ``grad_fn``) disagree on the
+        pytree or shapes (the message names both), or an option is invalid.
+      TypeError: ``f`` or ``f_ref`` is not callable or returns no float scalar.
 
     Examples:
       >>> import jax, jax.numpy as jnp
