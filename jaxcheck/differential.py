@@ -475,14 +475,14 @@ def _compare(
         extra = o.safety * np.where(np.isfinite(sigmas[k]), sigmas[k], 0.0) / tol
         leaves.append(_leaf_report(info, g, r, tol, base + extra, o.max_worst))
         notes.append(
-            _bar_note(info.path, counts, tol, o)
+            _bar_note(info.path or "params", counts, tol, o)
             + f"; scale {base:.3g}"
             + (f" + {o.safety:g} sigma / bar (median {np.median(extra):.3g}, max {extra.max():.3g})"
                if o.sensitivity >= 2 else "")
         )  # fmt: skip
         if tol >= WIDE_BAR:
             notes.append(
-                f"the bar of {info.path} is {tol:.2g}: a gradient off by a factor "
+                f"the bar of {info.path or 'params'} is {tol:.2g}: a gradient off by a factor "
                 f"within 1 +- {tol:.2g} cannot be told from rounding there. Compare "
                 "a float32 build of the implementation to check it tighter."
             )

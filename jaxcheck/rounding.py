@@ -165,6 +165,14 @@ def _body_counts(eqn: Any, ctx: Context) -> Counts:
     return total
 
 
+def _has_body(eqn: Any) -> bool:
+    """Whether an equation runs jaxprs of its own (a scatter's combiner, e.g.
+    the ``add`` of scatter-add, is counted as a reduction instead)."""
+    if eqn.primitive.name.startswith("scatter"):
+        return False
+    return any(True for _ in jcore.jaxprs_in_params(eqn.params))
+
+
 def _slice(jaxpr: Any, out_live: Sequence[bool], ctx: Context) -> tuple:
     """``(counts, in_live)``: the roundings of every equation the live outputs
     depend on (each counted once), and which inputs they read."""
@@ -184,8 +192,9 @@ def _slice(jaxpr: Any, out_live: Sequence[bool], ctx: Context) -> tuple:
             sub, in_live = _slice(body, outs, ctx)
             counts += sub
         else:
-            has_body = any(True for _ in jcore.jaxprs_in_params(eqn.params))
-            counts += _body_counts(eqn, ctx) if has_body else _eqn_counts(eqn, ctx)
+            counts += (
+                _body_counts(eqn, ctx) if _has_body(eqn) else _eqn_counts(eqn, ctx)
+            )
             in_live = [True] * len(eqn.invars)
         live.update(
             v for v, k in zip(eqn.invars, in_live, strict=True) if k and _is_var(v)
@@ -288,9 +297,7 @@ def noisy_eval(
         else:
             outs = eqn.primitive.bind(*ins, **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
-            rounds = any(True for _ in jcore.jaxprs_in_params(eqn.params)) or sum(
-                _eqn_counts(eqn, ctx).values()
-            )
+            rounds = _has_body(eqn) or sum(_eqn_counts(eqn, ctx).values())
             if rounds:
                 outs = [_jitter(o, noise, u) for o in outs]
         env.update(zip(eqn.outvars, outs, strict=True))

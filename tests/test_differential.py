@@ -141,6 +141,12 @@ def test_rounding_counts_grow_with_the_reduction_size():
     assert literal["bfloat16"] - counts(16, None)["bfloat16"] == 48
     # jnp.sum of bfloat16 sums in float32 whatever `accumulation` says
     assert literal["float32"] == small["float32"] - 16 == 6
+    # a scatter-add sums the duplicates of an index: 8 updates into 2 slots are
+    # charged 4 roundings on average, and its combiner is no opaque body
+    cj = jax.make_jaxpr(lambda v: jnp.zeros(2).at[jnp.zeros(8, int)].add(v))(
+        jnp.ones(8)
+    )
+    assert rounding_counts(cj) == ([collections.Counter({"float32": 4})], [])
     # random rounding: sqrt(K) u; worst case: K u
     c = collections.Counter({"bfloat16": 64})
     assert tolerance(c, "random") == pytest.approx(8 * 2**-8)
