@@ -70,7 +70,12 @@ Counts = collections.Counter  # dtype name -> roundings
 
 class Context:
     """What a rounding count assumes (``accumulation``) and what it could not
-    see (``remarks``)."""
+    see (``remarks``).
+
+    Examples:
+      >>> Context("float32").accumulation, Context(None).remarks
+      ('float32', set())
+    """
 
     def __init__(self, accumulation: str | None) -> None:
         self.accumulation = accumulation
@@ -258,7 +263,12 @@ def tolerance(counts: Counts, rounding: str = "random", safety: float = 1.0) -> 
 
 
 def describe(counts: Counts) -> str:
-    """``"bfloat16: 57, float32: 12"``, lowest precision first."""
+    """The counts as text, lowest precision first.
+
+    Examples:
+      >>> describe(Counts({"float32": 1200, "bfloat16": 57}))
+      'bfloat16: 57, float32: 1,200'
+    """
     order = sorted(counts, key=lambda d: -unit_roundoff(d))
     return ", ".join(f"{d}: {counts[d]:,}" for d in order if counts[d])
 
