@@ -346,3 +346,26 @@ def test_sensitivity_drawn_in_the_program_agrees(monkeypatch):
         assert b.max_rel_error == pytest.approx(a.max_rel_error, rel=0.5)
     assert len(sigma_notes(inside)) == len(LEAVES)
     assert all("sigma / bar (median" in n for n in sigma_notes(inside))
+
+
+def test_options_rtol_worst_and_a_low_precision_reference():
+    params, x, labels = data("float32")
+    fixed = check_against_reference(net_fused, net_ref, params, x, labels, rtol=1e-3)
+    assert [leaf.rtol for leaf in fixed.leaves] == [1e-3] * 4
+    assert any(
+        n.startswith("bar of ['W1']: 0.001 (given as `rtol`)") for n in fixed.notes
+    )
+
+    worst = check_against_reference(
+        net_fused, net_ref, params, x, labels, rounding="worst", sensitivity=0
+    )
+    random = correct_report("float32")
+    for w, r in zip(worst.leaves, random.leaves, strict=True):
+        assert w.rtol > 3 * r.rtol  # N u against sqrt(N) u, N in the hundreds
+
+    def ref_in_float32(p, x, labels):  # a reference that is not float64 inside
+        return net_ref({k: v.astype(jnp.float32) for k, v in p.items()}, x, labels)
+
+    low = check_against_reference(net_fused, ref_in_float32, params, x, labels)
+    assert any(n.startswith("f_ref computes in float32 inside") for n in low.notes)
+    assert low.leaf("['W1']").rtol > random.leaf("['W1']").rtol
