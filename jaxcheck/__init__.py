@@ -21,6 +21,8 @@ from .derivatives import check_jacobian as check_jacobian
 from .derivatives import check_points as check_points
 from .derivatives import check_second_order as check_second_order
 from .derivatives import check_vjp as check_vjp
+from .differential import assert_against_reference as assert_against_reference
+from .differential import check_against_reference as check_against_reference
 from .engine import this_process_only as this_process_only
 from .kinks import inspect_kinks as inspect_kinks
 from .protocol import assert_deterministic as assert_deterministic
@@ -37,9 +39,11 @@ __version__ = "0.1.0"
 __all__ = (
     "GradCheckReport",
     "GradientCheckError",
+    "assert_against_reference",
     "assert_deterministic",
     "assert_grads",
     "burn_in",
+    "check_against_reference",
     "check_determinism",
     "check_directions",
     "check_forward_mode",
