@@ -400,3 +400,28 @@ def test_bare_array_and_scalar_params():
 def test_params_without_float_leaves_are_refused(params):
     with pytest.raises(ValueError, match="`params`"):
         check_grads(_sin_loss, params, 0.7)
+
+
+class GradFnWithAndWithoutJit(chex.TestCase):
+    """A user's ``grad_fn`` is judged the same whether it is jitted or not
+    (chex runs the test once per variant)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_a_hand_gradient_is_judged_the_same_jitted_or_not(self):
+        (w,) = _arrays(3, (4, 3))
+
+        def loss(p):
+            return jnp.sum(jnp.tanh(p["w"]) ** 2)
+
+        good = self.variant(jax.grad(loss))
+        report = check_grads(loss, {"w": w}, grad_fn=good)
+        assert report.passed and report.leaves[0].num_ok == 12
+
+        def bad(p):
+            g = jax.grad(loss)(p)
+            return {"w": g["w"].at[1, 2].multiply(1.01)}
+
+        report = check_grads(loss, {"w": w}, grad_fn=self.variant(bad))
+        assert not report.passed
+        (leaf,) = report.leaves
+        assert leaf.num_wrong == 1 and leaf.worst[0].index == (1, 2)
