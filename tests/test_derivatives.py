@@ -113,7 +113,9 @@ def test_second_order_takes_forward_over_reverse_where_it_can():
     loss, params, x = _cube_loss(make_cube(detach_in_backward=False))
     report = check_second_order(loss, params, x)
     assert report.grad_source == "forward-over-reverse HVP (jax.jvp of jax.grad)"
-    assert report.notes == ()
+    # Nothing to warn about (a first call may say what compiling cost: that
+    # depends on which test compiled this structure first).
+    assert [n for n in report.notes if not n.startswith("first call")] == []
 
 
 def test_second_order_of_a_hand_written_gradient():
