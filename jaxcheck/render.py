@@ -142,7 +142,8 @@ def wrap_summary(text: str, width: int | None = None) -> list[str]:
     """The summary line wrapped between clauses, never inside one.
 
     The first line holds as many whole clauses as fit, so it stays a complete
-    statement; the others are indented by 4.
+    statement; the others are indented by 4. Only a clause longer than a line
+    is itself cut between words.
 
     Examples:
       >>> wrap_summary("check FAILED: 2 leaves, 3 wrong; worst [0, 1]", 30)
@@ -151,7 +152,11 @@ def wrap_summary(text: str, width: int | None = None) -> list[str]:
     width = width or terminal_width()
     lines: list[str] = []
     line = ""
+    pieces: list[str] = []
     for clause in _clauses(text):
+        # A clause longer than a whole line is the one place words may part.
+        pieces += clause.split(" ") if len(clause) + HANG > width else [clause]
+    for clause in pieces:
         if not line:
             line = clause
         elif len(line) + 1 + len(clause) > width:

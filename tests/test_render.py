@@ -94,3 +94,11 @@ def test_a_report_without_a_doc_says_what_is_missing():
 
     with pytest.raises(NotImplementedError, match="must define _doc"):
         str(Bare())
+
+
+def test_a_clause_longer_than_a_line_is_cut_between_words():
+    text = "check PASSED: 2 leaves; worst " + "x " * 30 + "end."
+    lines = render.wrap_summary(text, 30)
+    assert lines[0].startswith("check PASSED: 2 leaves; worst")
+    assert all(len(line) <= 30 for line in lines)
+    assert " ".join(line.strip() for line in lines) == text
