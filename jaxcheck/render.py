@@ -108,6 +108,17 @@ class Doc:
     ok: bool | None = None
 
 
+def embed(title: str, doc: Doc) -> list[str | Table]:
+    """The blocks that show ``doc`` inside another report, under ``title``
+    (its tables stay tables, its lines wrap with the outer report's).
+
+    Examples:
+      >>> embed("--- term a ---", Doc("a FAILED", ["  note: x"]))
+      ['--- term a ---', 'a FAILED', '  note: x']
+    """
+    return [title, doc.summary, *doc.blocks]
+
+
 def terminal_width() -> int:
     """The terminal's width in columns (``$COLUMNS`` first), 80 when unknown.
 

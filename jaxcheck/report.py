@@ -48,7 +48,7 @@ def text_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
 
 
 def _count(n: int, noun: str) -> str:
-    plural = {"leaf": "leaves"}.get(noun, noun + "s")
+    plural = {"leaf": "leaves", "entry": "entries"}.get(noun, noun + "s")
     return f"{n:,} {noun if n == 1 else plural}"
 
 
