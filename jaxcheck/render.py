@@ -57,16 +57,27 @@ class Table:
     marked: Sequence[bool] = ()
     indent: int = 2
 
-    def lines(self) -> list[str]:
-        """The table as text lines, each column as wide as its widest cell."""
+    def lines(self, width: int | None = None) -> list[str]:
+        """The table as text lines, each column as wide as its widest cell.
+
+        With ``width``, a last column that would run past it wraps inside its
+        column (the other columns are never cut).
+        """
         every = [list(self.header), *[list(r) for r in self.rows]]
         widths = [max(len(r[i]) for r in every) for i in range(len(every[0]))]
         pad = str.rjust if self.align == "right" else str.ljust
-        return [
-            " " * self.indent
-            + "  ".join(pad(c, w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in every
-        ]
+        start = self.indent + sum(w + 2 for w in widths[:-1])
+        room = (width or 0) - start
+        out = []
+        for r in every:
+            cells = [pad(c, w) for c, w in zip(r[:-1], widths, strict=False)]
+            last = [r[-1]]
+            if width and start + len(r[-1]) > width and room >= 20:
+                last = textwrap.wrap(r[-1], room, break_long_words=False) or [""]
+            line = " " * self.indent + "  ".join([*cells, pad(last[0], widths[-1])])
+            out.append(line.rstrip())
+            out += [" " * start + more for more in last[1:]]
+        return out
 
     def html(self) -> str:
         """The table as escaped HTML."""
@@ -215,7 +226,7 @@ def render_text(doc: Doc, width: int | None = None) -> str:
     lines = wrap_summary(doc.summary, width)
     for block in doc.blocks:
         if isinstance(block, Table):
-            lines.extend(block.lines())
+            lines.extend(block.lines(width))
         else:
             for part in block.split("\n"):
                 lines.extend(wrap_line(part, width))

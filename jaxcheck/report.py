@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 from .compare import BAND_NAMES
-from .render import Doc, Rendered, Table, html_headline, plain, render_text
+from .render import Doc, Rendered, Table, plain, render_text
 
 __all__ = ["CoordResult", "GradCheckReport", "GradientCheckError", "LeafReport"]
-__all__ += ["SkippedLeaf", "html_headline", "text_table"]
+__all__ += ["SkippedLeaf"]
 
 
 class GradientCheckError(AssertionError):
@@ -35,16 +34,6 @@ def _fmt(x: float) -> str:
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return str(x)
     return f"{x:.2e}"
-
-
-def text_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
-    """Rows of cells as left-aligned text lines (the first row is the header).
-
-    Examples:
-      >>> text_table([["leaf", "wrong"], ["['W']", "3"]])
-      ['  leaf   wrong', "  ['W']  3"]
-    """
-    return Table(rows[0], rows[1:], indent=len(indent)).lines()
 
 
 def _count(n: int, noun: str) -> str:

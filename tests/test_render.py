@@ -102,3 +102,15 @@ def test_a_clause_longer_than_a_line_is_cut_between_words():
     assert lines[0].startswith("check PASSED: 2 leaves; worst")
     assert all(len(line) <= 30 for line in lines)
     assert " ".join(line.strip() for line in lines) == text
+
+
+def test_a_long_last_column_wraps_inside_its_column():
+    table = Table(["leaf", "verdict"], [["['b']", "undefined: " + "why " * 20]])
+    lines = table.lines(width=40)
+    assert lines[1].startswith("  ['b']  undefined: why")
+    assert all(len(line) <= 40 for line in lines)
+    assert all(line.startswith(" " * 9) and line[9] != " " for line in lines[2:])
+    assert table.lines() == [
+        lines[0],
+        "  ['b']  " + ("undefined: " + "why " * 20).strip(),
+    ]
