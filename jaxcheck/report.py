@@ -490,7 +490,7 @@ class GradCheckReport(Rendered):
             b = leaf.band_counts
             scored = leaf.num_ok + leaf.num_wrong
             row = [
-                leaf.path,
+                leaf.path or "(root)",
                 str(leaf.shape),
                 leaf.dtype,
                 f"{leaf.num_checked}/{leaf.size}",
@@ -529,7 +529,7 @@ class GradCheckReport(Rendered):
                 crossed = max(leaf.num_kink_crossed, leaf.num_kink)
                 wrong_here = crossed - leaf.num_kink
                 lines.append(
-                    f"  kinks of {leaf.path}: {crossed} coordinate(s) crossed "
+                    f"  kinks of {leaf.path or '(root)'}: {crossed} coordinate(s) crossed "
                     f"{sites}; {leaf.num_kink_confirmed} confirmed by a re-check, "
                     f"{leaf.num_kink - leaf.num_kink_confirmed} undecided"
                     + (f", {wrong_here} wrong" if wrong_here else "")
@@ -569,7 +569,7 @@ class GradCheckReport(Rendered):
             if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
                 continue
             title = "worst" if not leaf.passed else _unresolved_title(leaf)
-            lines.append(f"  {title} coordinates of {leaf.path}:")
+            lines.append(f"  {title} coordinates of {leaf.path or '(root)'}:")
             for c in leaf.worst:
                 if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
                     continue

@@ -523,7 +523,8 @@ class StepSweep(Rendered):
                 cell = "-" if not np.isfinite(med[k]) else f"{med[k]:.1e}"
                 row.append(cell + ("*" if leaf.kink[:, k].any() else ""))
             rows.append(row)
-        return Table(["h"] + [leaf.path for leaf in self.leaves], rows, "right")
+        paths = [leaf.path or "(root)" for leaf in self.leaves]
+        return Table(["h", *paths], rows, "right")
 
     def _doc(self) -> Doc:
         summary = (
@@ -531,7 +532,10 @@ class StepSweep(Rendered):
             f"gradient from {self.grad_source}; median relative error per leaf "
             f"(* = a kink was crossed); best h = {self.best_step:.0e}"
         )
-        lines = [f"  best h for {lf.path}: {lf.best_step:.0e}" for lf in self.leaves]
+        lines = [
+            f"  best h for {lf.path or '(root)'}: {lf.best_step:.0e}"
+            for lf in self.leaves
+        ]
         return Doc(summary, [self._table(), *lines])
 
     def plot(self, ax: Any = None) -> Any:

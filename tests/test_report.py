@@ -147,6 +147,8 @@ def test_header_and_leaf_table_report_the_same_worst_error():
     lines = str(r).splitlines()
     row = next(line for line in lines if "UNTESTABLE" in line)
     assert "0.00e+00" not in row and " - " in row
+    assert row.split()[0] == "(root)"  # a bare array is named, not left blank
+    assert "  untestable coordinates of (root):" in lines
     top = max(c.rel_error for c in r.leaves[0].worst)
     assert f"relative errors up to {top:.2e}" in " ".join(lines)
     assert "within round-off, not evidence" in r.headline()
