@@ -35,6 +35,7 @@ from .compilation import (
     default_cache_dir,
     use_compilation_cache,
 )
+from .render import strict_json
 from .report import GradCheckReport
 
 #: Exit status of a check that passed.
@@ -255,64 +256,6 @@ def _rtol(text: str) -> float:
             f"expected a positive relative-error bar such as 1e-6, got {text!r}"
         )
     return value
-
-
-#: What a field set to null (from NaN) means in the JSON report.
-_NULL_MEANS = {
-    "step": "the leaf's step applies (no follow-up with another step)",
-    "lo": "no one-sided derivatives were measured (only done at a kink)",
-    "hi": "no one-sided derivatives were measured (only done at a kink)",
-    "f_plus": "not recorded for this coordinate",
-    "f_minus": "not recorded for this coordinate",
-    "noise": "the round-off noise of f was not measured along this leaf",
-    "noise_floor": "the round-off noise of f was not measured",
-    "main_rel_error": "no coordinate of the main pass was free of kinks",
-    "rtol": "no bar was recorded",
-}
-
-
-def strict_json(report: dict[str, Any]) -> dict[str, Any]:
-    """``report`` (a dict of plain Python values) made valid for strict JSON.
-
-    JSON has no NaN or infinity (``json.dumps`` writes bare ``NaN``, which
-    strict parsers reject): NaN becomes ``null`` and an infinity the string
-    ``"inf"`` or ``"-inf"``. When any was replaced, a top-level
-    ``"non_finite"`` maps each such field name to what it means there.
-
-    Examples:
-      >>> d = strict_json({"worst": [{"step": float("nan"), "numeric": float("inf")}]})
-      >>> d["worst"]
-      [{'step': None, 'numeric': 'inf'}]
-      >>> d["non_finite"]["numeric"]
-      '"inf"/"-inf": an infinite value (JSON has no infinity)'
-    """
-    seen: dict[str, set[str]] = {}
-
-    def clean(value: Any, field: str) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v, field) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            if math.isnan(value):
-                seen.setdefault(field, set()).add("nan")
-                return None
-            seen.setdefault(field, set()).add("inf")
-            return "inf" if value > 0 else "-inf"
-        return value
-
-    out = clean(report, "")
-    if seen:
-        legend = {}
-        for field, kinds in sorted(seen.items()):
-            parts = []
-            if "nan" in kinds:
-                parts.append("null: " + _NULL_MEANS.get(field, "NaN, no value there"))
-            if "inf" in kinds:
-                parts.append('"inf"/"-inf": an infinite value (JSON has no infinity)')
-            legend[field] = "; ".join(parts)
-        out["non_finite"] = legend
-    return out
 
 
 def _first_line(err: BaseException) -> str:

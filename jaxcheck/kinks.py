@@ -49,6 +49,8 @@ from jax import lax
 from jax.extend import core as jcore
 from jax.extend import source_info_util
 
+from .render import Doc, Rendered
+
 PyTree = Any
 
 #: Kink-capable primitives whose decisions are tracked, and what is tracked.
@@ -188,7 +190,7 @@ _FNV_PRIME = np.uint32(16777619)
 
 
 @dataclasses.dataclass(frozen=True)
-class Site:
+class Site(Rendered):
     """One primitive application in ``f`` that jaxcheck reports on.
 
     Attributes:
@@ -222,12 +224,12 @@ class Site:
             text += f" at {self.location}"
         return text
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+    def _doc(self) -> Doc:
+        return Doc(self.label)
 
 
 @dataclasses.dataclass(frozen=True)
-class KinkAnalysis:
+class KinkAnalysis(Rendered):
     """What the jaxpr of ``f`` says about kinks, precision and depth.
 
     Attributes:
@@ -278,33 +280,25 @@ class KinkAnalysis:
         """A short text: the kink-capable primitives, grouped and counted."""
         return _summarise(self.sites + self.untracked + self.opaque, limit)
 
-    def __str__(self) -> str:
+    _dict_extra = ("has_kinks",)
+
+    def _doc(self) -> Doc:
         lines = [
+            f"  {title}: {s.label}" + (f" [{s.dtype}]" if title[0] == "l" else "")
+            for title, group in (
+                ("tracked", self.sites),
+                ("untracked", self.untracked),
+                ("opaque (not seen into)", self.opaque),
+                ("lower precision", self.low_precision),
+            )
+            for s in group
+        ]
+        return Doc(
             f"kink analysis: {len(self.sites)} tracked site(s), "
             f"{len(self.untracked)} untracked, {len(self.opaque)} opaque, "
-            f"depth {self.depth}"
-        ]
-        for title, group in (
-            ("tracked", self.sites),
-            ("untracked", self.untracked),
-            ("opaque (not seen into)", self.opaque),
-            ("lower precision", self.low_precision),
-        ):
-            for s in group:
-                extra = f" [{s.dtype}]" if title == "lower precision" else ""
-                lines.append(f"  {title}: {s.label}{extra}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "has_kinks": self.has_kinks,
-            "sites": [s.to_dict() for s in self.sites],
-            "untracked": [s.to_dict() for s in self.untracked],
-            "opaque": [s.to_dict() for s in self.opaque],
-            "low_precision": [s.to_dict() for s in self.low_precision],
-            "depth": self.depth,
-            "leaf_sites": {str(k): v for k, v in self.leaf_sites.items()},
-        }
+            f"depth {self.depth}",
+            lines,
+        )
 
 
 def _summarise(sites: Sequence[Site], limit: int = 4) -> str:

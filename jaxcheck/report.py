@@ -1,15 +1,18 @@
-"""Reports of a gradient check: frozen host-side dataclasses with a readable
-``__str__``, ``_repr_html_`` for Jupyter and ``to_dict()`` for JSON."""
+"""Reports of a gradient check: frozen host-side dataclasses rendered by
+:mod:`jaxcheck.render` (text wrapped to the terminal, HTML for Jupyter,
+strict-JSON ``to_dict()``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
-from collections.abc import Sequence
 from typing import Any
 
 from .compare import BAND_NAMES
+from .render import Doc, Rendered, Table, plain, render_text
+
+__all__ = ["CoordResult", "GradCheckReport", "GradientCheckError", "LeafReport"]
+__all__ += ["SkippedLeaf"]
 
 
 class GradientCheckError(AssertionError):
@@ -33,33 +36,8 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}"
 
 
-def text_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
-    """Rows of cells as left-aligned text lines (the first row is the header).
-
-    Examples:
-      >>> text_table([["leaf", "wrong"], ["['W']", "3"]])
-      ['  leaf   wrong', "  ['W']  3"]
-    """
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in rows
-    ]
-
-
-def html_headline(text: str, passed: bool) -> str:
-    """A report's headline as a bold HTML paragraph, green or red.
-
-    Examples:
-      >>> html_headline("a < b", True)
-      '<p style="color:#2e7d32;font-weight:bold">a &lt; b</p>'
-    """
-    color = "#2e7d32" if passed else "#c62828"
-    return f'<p style="color:{color};font-weight:bold">{html.escape(text)}</p>'
-
-
 def _count(n: int, noun: str) -> str:
-    plural = {"leaf": "leaves"}.get(noun, noun + "s")
+    plural = {"leaf": "leaves", "entry": "entries"}.get(noun, noun + "s")
     return f"{n:,} {noun if n == 1 else plural}"
 
 
@@ -78,7 +56,7 @@ def _index_str(index: tuple[int, ...]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class CoordResult:
+class CoordResult(Rendered):
     """One checked coordinate.
 
     Attributes:
@@ -113,12 +91,29 @@ class CoordResult:
     lo: float = math.nan
     hi: float = math.nan
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"index": list(self.index)}
+    def describe(self) -> str:
+        """The coordinate's index, values, error and verdict on one line."""
+        text = (
+            f"{_index_str(self.index)}  analytic={_fmt_val(self.analytic)}"
+            f"  numeric={_fmt_val(self.numeric)}  rel={_fmt(self.rel_error)}"
+            f"  {self.verdict}"
+        )
+        if self.verdict == "untestable" and math.isfinite(self.f_plus):
+            text += f"  f(x+h)={_fmt_val(self.f_plus)}  f(x-h)={_fmt_val(self.f_minus)}"
+        if not math.isnan(self.step):
+            text += f"  h={self.step:.1e}"
+        if self.kink:
+            text += f"  [kink: {self.kink}]"
+        if self.resolution:
+            text += f"  ({self.resolution})"
+        return text
+
+    def _doc(self) -> Doc:
+        return Doc(f"coordinate {self.describe()}", ok=self.verdict != "wrong")
 
 
 @dataclasses.dataclass(frozen=True)
-class SkippedLeaf:
+class SkippedLeaf(Rendered):
     """A leaf that was not checked, and why.
 
     Attributes:
@@ -133,12 +128,12 @@ class SkippedLeaf:
     dtype: str = ""
     shape: tuple[int, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+    def _doc(self) -> Doc:
+        return Doc(f"skipped {self.path} ({self.dtype}): {self.reason}")
 
 
 @dataclasses.dataclass(frozen=True)
-class LeafReport:
+class LeafReport(Rendered):
     """The check of one leaf.
 
     Attributes:
@@ -240,17 +235,17 @@ class LeafReport:
             return "INCONCLUSIVE"
         return "ok"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["shape"] = list(self.shape)
-        d["worst"] = [c.to_dict() for c in self.worst]
-        d["kinks"] = [c.to_dict() for c in self.kinks]
-        d["passed"] = self.passed
-        return d
+    _dict_extra = ("passed",)
+
+    def _doc(self) -> Doc:
+        report = GradCheckReport((self,), (), self.rtol, "", self.step)
+        table = report._table((self,))
+        lines = [table, *(_coord_line(self, c) for c in self.worst + self.kinks)]
+        return Doc(f"leaf {self.path or '(root)'}: {self.verdict}", lines, self.passed)
 
 
 @dataclasses.dataclass(frozen=True)
-class GradCheckReport:
+class GradCheckReport(Rendered):
     """The result of :func:`jaxcheck.check_grads`.
 
     Attributes:
@@ -422,6 +417,40 @@ class GradCheckReport:
         )
 
     # ----------------------------------------------------------------- text
+    def _worst_clause(self, noun: str = "coordinate") -> str:
+        """The headline's clause on the worst relative error, over the same
+        coordinates as the table's ``max rel err``: those judged ok or wrong."""
+        scored = [leaf for leaf in self.leaves if leaf.num_ok + leaf.num_wrong]
+        if scored:
+            leaf = max(scored, key=lambda lf: lf.max_rel_error)
+            where = leaf.path
+            coords = [c for c in leaf.worst if c.verdict in _SCORED]
+            best = max(coords, key=lambda c: c.rel_error, default=None)
+            if best is not None and best.rel_error == leaf.max_rel_error:
+                where += _index_str(best.index)
+            text = f"; worst relative error {_fmt(leaf.max_rel_error)} at {where}"
+            if self._unscored():
+                n = sum(lf.num_ok + lf.num_wrong for lf in self.leaves)
+                text += f" among the {_count(n, noun)} judged ok or wrong"
+            return text
+        unscored = [
+            (leaf.path, c)
+            for leaf in self.leaves
+            for c in leaf.worst
+            if c.verdict in ("untestable", "inconclusive")
+            and math.isfinite(c.rel_error)
+        ]
+        if not unscored:
+            return ""
+        path, c = max(unscored, key=lambda pc: pc[1].rel_error)
+        return (
+            f"; relative errors up to {_fmt(c.rel_error)} (at {path}{_index_str(c.index)})"
+            " are within round-off, not evidence"
+        )
+
+    def _unscored(self) -> int:
+        return self.num_untestable + self.num_inconclusive + self.num_kink
+
     def headline(self) -> str:
         """One line: the verdict, what was checked, and the worst coordinate."""
         status = self.status.upper()
@@ -433,111 +462,66 @@ class GradCheckReport:
             text += (
                 f", {self.num_wrong:,} wrong in {_count(len(self.failures), 'leaf')}"
             )
+        strict = " (strict: they fail)" if self.strict else ""
         if self.num_untestable:
-            text += f", {self.num_untestable:,} untestable"
-            if self.strict:
-                text += " (strict: they fail)"
+            text += f", {self.num_untestable:,} untestable{strict}"
         if self.num_inconclusive:
-            text += f", {self.num_inconclusive:,} inconclusive"
-            if self.strict:
-                text += " (strict: they fail)"
+            text += f", {self.num_inconclusive:,} inconclusive{strict}"
         if status == "INCONCLUSIVE":
             text += ": nothing could be tested"
         if self.num_kink:
             text += f", {self.num_kink:,} at kinks"
-        w = self.worst
-        if w is not None:
-            where = w[0] + _index_str(w[1].index)
-            text += f"; worst relative error {_fmt(w[1].rel_error)} at {where}"
-        return text + "."
-
-    def _table_rows(self, leaves: tuple[LeafReport, ...]) -> list[list[str]]:
-        rows = []
-        for leaf in leaves:
-            b = leaf.band_counts
-            rows.append(
-                [
-                    leaf.path,
-                    str(leaf.shape),
-                    leaf.dtype,
-                    f"{leaf.num_checked}/{leaf.size}",
-                    _fmt(leaf.max_rel_error),
-                    str(b["good"]),
-                    str(b["acceptable_with_kinks"]),
-                    str(b["uncomfortable"]),
-                    str(b["probably_wrong"]),
-                    str(leaf.num_wrong),
-                    str(leaf.num_untestable),
-                    str(leaf.num_kink),
-                    leaf.verdict,
-                ]
-            )
-            if self.num_inconclusive:
-                rows[-1].insert(-1, str(leaf.num_inconclusive))
-            if self._varied_steps():
-                rows[-1].insert(4, f"{leaf.step:.1e}")
-        return rows
+        return text + self._worst_clause() + "."
 
     def _varied_steps(self) -> bool:
         return any(leaf.step != self.step for leaf in self.leaves)
 
-    def _header(self) -> list[str]:
-        header = list(self._HEADER)
-        if self.num_inconclusive:
+    def _table(self, leaves: tuple[LeafReport, ...]) -> Table:
+        """The leaf table: one row per leaf, bands and verdict counts."""
+        extra = bool(self.num_inconclusive)
+        steps = self._varied_steps()
+        header = list(_HEADER)
+        if extra:
             header.insert(-1, "inconclusive")
-        if self._varied_steps():
+        if steps:
             header.insert(4, "h")
-        return header
+        rows = []
+        for leaf in leaves:
+            b = leaf.band_counts
+            scored = leaf.num_ok + leaf.num_wrong
+            row = [
+                leaf.path or "(root)",
+                str(leaf.shape),
+                leaf.dtype,
+                f"{leaf.num_checked}/{leaf.size}",
+                _fmt(leaf.max_rel_error) if scored else "-",
+                *(str(b[name]) for name in reversed(BAND_NAMES)),
+                str(leaf.num_wrong),
+                str(leaf.num_untestable),
+                str(leaf.num_kink),
+                leaf.verdict,
+            ]
+            if extra:
+                row.insert(-1, str(leaf.num_inconclusive))
+            if steps:
+                row.insert(4, f"{leaf.step:.1e}")
+            rows.append(row)
+        return Table(header, rows, marked=[self._leaf_fails(lf) for lf in leaves])
 
-    _HEADER = [
-        "leaf",
-        "shape",
-        "dtype",
-        "checked",
-        "max rel err",
-        "<1e-7",
-        "1e-7..1e-4",
-        "1e-4..1e-2",
-        ">1e-2",
-        "wrong",
-        "untestable",
-        "kink",
-        "verdict",
-    ]
-
-    def format(
-        self, leaves: tuple[LeafReport, ...] | None = None, *, worst: bool = True
-    ) -> str:
-        """The report as text; ``leaves`` restricts the table (e.g. to failures)."""
-        leaves = self.leaves if leaves is None else leaves
-        lines = [self.headline()]
-        h_text = (
-            f"h={self.step:g}" if self.step_rule == "fixed" else "h chosen per leaf"
-        )
-        lines.append(
-            f"  {self.method} differences, {h_text}, {self.dtype}, gradient from "
-            f"{self.grad_source}, f={self.f_value:.6g}, on {self.device}"
-        )
-        lines.append(f"  bar: relative error <= {self.rtol:g} ({self.bar_reason})")
-        header = self._header()
-        lines.extend(text_table([header, *self._table_rows(leaves)]))
-        fast = [leaf.path for leaf in leaves if leaf.propagated]
-        if fast:
-            lines.append(
-                "  perturbation propagated through linear consumers for: "
-                + ", ".join(fast)
-            )
-        for s in self.skipped:
-            lines.append(f"  skipped {s.path} ({s.dtype}): {s.reason}")
+    def _kink_lines(self, leaves: tuple[LeafReport, ...], worst: bool) -> list[str]:
+        lines = []
         if self.kink_sites:
-            lines.append(f"  kink sites tracked: {'; '.join(self.kink_sites[:6])}")
-            if len(self.kink_sites) > 6:
-                lines[-1] += f"; {len(self.kink_sites) - 6} more"
+            more = len(self.kink_sites) - 6
+            lines.append(
+                f"  kink sites tracked: {'; '.join(self.kink_sites[:6])}"
+                + (f"; {more} more" if more > 0 else "")
+            )
         if self.untracked:
             lines.append(f"  kink-capable, not tracked: {'; '.join(self.untracked)}")
         if self.opaque:
             lines.append(
-                f"  not seen into (kinks inside are not detected): {'; '.join(self.opaque)}"
+                "  not seen into (kinks inside are not detected): "
+                + "; ".join(self.opaque)
             )
         for leaf in leaves:
             if leaf.num_kink or leaf.num_kink_crossed:
@@ -545,148 +529,100 @@ class GradCheckReport:
                 crossed = max(leaf.num_kink_crossed, leaf.num_kink)
                 wrong_here = crossed - leaf.num_kink
                 lines.append(
-                    f"  kinks of {leaf.path}: {crossed} coordinate(s) crossed "
+                    f"  kinks of {leaf.path or '(root)'}: {crossed} coordinate(s) crossed "
                     f"{sites}; {leaf.num_kink_confirmed} confirmed by a re-check, "
                     f"{leaf.num_kink - leaf.num_kink_confirmed} undecided"
                     + (f", {wrong_here} wrong" if wrong_here else "")
                 )
                 if worst:
-                    for c in leaf.kinks:
-                        lines.append(self._coord_line(leaf, c))
-        if worst:
-            for leaf in leaves:
-                if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
-                    continue
-                title = "worst" if not leaf.passed else _unresolved_title(leaf)
-                lines.append(f"  {title} coordinates of {leaf.path}:")
-                for c in leaf.worst:
-                    if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
-                        continue
-                    lines.append(self._coord_line(leaf, c))
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        return "\n".join(lines)
+                    lines.extend(_coord_line(leaf, c) for c in leaf.kinks)
+        return lines
 
-    @staticmethod
-    def _coord_line(leaf: LeafReport, c: CoordResult) -> str:
-        text = (
-            f"    {leaf.path}{_index_str(c.index)}  analytic={_fmt_val(c.analytic)}"
-            f"  numeric={_fmt_val(c.numeric)}  rel={_fmt(c.rel_error)}  {c.verdict}"
+    def _doc(
+        self, leaves: tuple[LeafReport, ...] | None = None, worst: bool = True
+    ) -> Doc:
+        leaves = self.leaves if leaves is None else leaves
+        h_text = (
+            f"h={self.step:g}" if self.step_rule == "fixed" else "h chosen per leaf"
         )
-        if c.verdict == "untestable" and math.isfinite(c.f_plus):
-            text += f"  f(x+h)={_fmt_val(c.f_plus)}  f(x-h)={_fmt_val(c.f_minus)}"
-        if not math.isnan(c.step):
-            text += f"  h={c.step:.1e}"
-        if c.kink:
-            text += f"  [kink: {c.kink}]"
-        if c.resolution:
-            text += f"  ({c.resolution})"
-        return text
+        lines: list[str | Table] = [
+            f"  {self.method} differences, {h_text}, {self.dtype}, gradient from "
+            f"{self.grad_source}, f={self.f_value:.6g}, on {self.device}",
+            f"  bar: relative error <= {self.rtol:g} ({self.bar_reason})",
+            self._table(leaves),
+        ]
+        if self._unscored():
+            lines.append(
+                "  max rel err: over the coordinates judged ok or wrong; untestable "
+                "(within round-off), inconclusive and kink coordinates are counted "
+                "in their own columns"
+            )
+        fast = [leaf.path for leaf in leaves if leaf.propagated]
+        if fast:
+            lines.append(
+                "  perturbation propagated through linear consumers for: "
+                + ", ".join(fast)
+            )
+        lines += [f"  skipped {s.path} ({s.dtype}): {s.reason}" for s in self.skipped]
+        lines += self._kink_lines(leaves, worst)
+        for leaf in leaves if worst else ():
+            if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
+                continue
+            title = "worst" if not leaf.passed else _unresolved_title(leaf)
+            lines.append(f"  {title} coordinates of {leaf.path or '(root)'}:")
+            for c in leaf.worst:
+                if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
+                    continue
+                lines.append(_coord_line(leaf, c))
+        lines += [f"  note: {note}" for note in self.notes]
+        return Doc(self.headline(), lines, ok=self.passed)
 
-    def __str__(self) -> str:
-        return self.format()
+    def format(
+        self,
+        leaves: tuple[LeafReport, ...] | None = None,
+        *,
+        worst: bool = True,
+        width: int | None = None,
+    ) -> str:
+        """The report as text wrapped to ``width`` (the terminal's, 80 when
+        unknown); ``leaves`` restricts it (e.g. to failures), ``worst=False``
+        leaves out the coordinate lines."""
+        return render_text(self._doc(leaves, worst), width)
 
     def failure_message(self) -> str:
         """The text :func:`jaxcheck.assert_grads` raises: failing leaves only."""
         return self.format(self.failures)
 
-    # ----------------------------------------------------------------- html
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        parts = [
-            "<div>" + html_headline(self.headline(), self.passed),
-            f"<p>{esc(self.method)} differences, h={self.step:g}, {esc(self.dtype)}; "
-            f"bar: relative error &le; {self.rtol:g} ({esc(self.bar_reason)})</p>",
-            "<table><thead><tr>",
-            "".join(f"<th>{esc(h)}</th>" for h in self._header()),
-            "</tr></thead><tbody>",
-        ]
-        for leaf, row in zip(self.leaves, self._table_rows(self.leaves), strict=True):
-            style = "" if leaf.passed else ' style="background:#ffebee"'
-            parts.append(
-                f"<tr{style}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-            )
-        parts.append("</tbody></table>")
-        if self.skipped:
-            parts.append("<p>Skipped:</p><ul>")
-            parts.extend(
-                f"<li><code>{esc(s.path)}</code>: {esc(s.reason)}</li>"
-                for s in self.skipped
-            )
-            parts.append("</ul>")
-        if self.kink_sites or self.untracked or self.opaque:
-            parts.append("<p>Kink-capable primitives:</p><ul>")
-            parts.extend(f"<li>tracked: {esc(k)}</li>" for k in self.kink_sites)
-            parts.extend(f"<li>not tracked: {esc(k)}</li>" for k in self.untracked)
-            parts.extend(
-                f"<li>not seen into (kinks inside are not detected): {esc(k)}</li>"
-                for k in self.opaque
-            )
-            parts.append("</ul>")
-        for leaf in self.leaves:
-            if leaf.num_kink:
-                sites = ", ".join(f"{k} ({n})" for k, n in leaf.kink_sites.items())
-                parts.append(
-                    f"<p>Kinks of <code>{esc(leaf.path)}</code>: {leaf.num_kink} "
-                    f"coordinate(s) crossed {esc(sites)}; {leaf.num_kink_confirmed} "
-                    "confirmed by a re-check.</p>"
-                )
-        for leaf in self.leaves:
-            if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
-                continue
-            title = "Worst" if not leaf.passed else _unresolved_title(leaf).capitalize()
-            parts.append(
-                f"<p>{title} coordinates of <code>{esc(leaf.path)}</code>:</p><ul>"
-            )
-            for c in leaf.worst:
-                if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
-                    continue
-                parts.append(
-                    f"<li><code>{esc(leaf.path + _index_str(c.index))}</code> analytic="
-                    f"{c.analytic:+.6e} numeric={c.numeric:+.6e} rel={_fmt(c.rel_error)} "
-                    f"{esc(c.verdict)}"
-                    + (f" ({esc(c.resolution)})" if c.resolution else "")
-                    + "</li>"
-                )
-            parts.append("</ul>")
-        parts.extend(f"<p>Note: {esc(n)}</p>" for n in self.notes)
-        parts.append("</div>")
-        return "".join(parts)
-
     # ----------------------------------------------------------------- dict
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report."""
-        return {
-            "passed": self.passed,
-            "status": self.status,
-            "interrupted": list(self.interrupted),
-            "rtol": self.rtol,
-            "bar_reason": self.bar_reason,
-            "step": self.step,
-            "method": self.method,
-            "dtype": self.dtype,
-            "grad_source": self.grad_source,
-            "f_value": self.f_value,
-            "device": self.device,
-            "seconds": self.seconds,
-            "num_checked": self.num_checked,
-            "num_wrong": self.num_wrong,
-            "num_untestable": self.num_untestable,
-            "num_inconclusive": self.num_inconclusive,
-            "num_kink": self.num_kink,
-            "max_rel_error": self.max_rel_error,
-            "kink_sites": list(self.kink_sites),
-            "untracked": list(self.untracked),
-            "opaque": list(self.opaque),
-            "precision": self.precision,
-            "noise_floor": None if math.isnan(self.noise_floor) else self.noise_floor,
-            "strict": self.strict,
-            "depth": self.depth,
-            "step_rule": self.step_rule,
-            "leaves": [leaf.to_dict() for leaf in self.leaves],
-            "skipped": [s.to_dict() for s in self.skipped],
-            "notes": list(self.notes),
-            "bands": list(BAND_NAMES),
-            "compilation": dict(self.compilation),
-            "seed": self.seed,
-        }
+    def _data(self) -> dict[str, Any]:
+        names = ("passed", "status", "interrupted", "rtol", "bar_reason", "step")
+        names += ("method", "dtype", "grad_source", "f_value", "device", "seconds")
+        names += ("num_checked", "num_wrong", "num_untestable", "num_inconclusive")
+        names += ("num_kink", "max_rel_error", "kink_sites", "untracked", "opaque")
+        names += ("precision", "noise_floor", "strict", "depth", "step_rule")
+        names += ("leaves", "skipped", "notes", "compilation", "seed")
+        d = {name: plain(getattr(self, name)) for name in names}
+        return d | {"bands": list(BAND_NAMES)}
+
+
+_SCORED = ("ok", "wrong")
+
+_HEADER = (
+    "leaf",
+    "shape",
+    "dtype",
+    "checked",
+    "max rel err",
+    "<1e-7",
+    "1e-7..1e-4",
+    "1e-4..1e-2",
+    ">1e-2",
+    "wrong",
+    "untestable",
+    "kink",
+    "verdict",
+)
+
+
+def _coord_line(leaf: LeafReport, c: CoordResult) -> str:
+    return f"    {leaf.path}{c.describe()}"

@@ -21,12 +21,13 @@ Everything here is host-side NumPy except the plot.
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .render import Doc, Rendered, Table
 
 #: Finite-difference formulas, by name.
 METHODS: tuple[str, ...] = ("central", "forward", "four_point")
@@ -419,7 +420,7 @@ def choose_step(
 
 
 @dataclasses.dataclass(frozen=True)
-class LeafSweep:
+class LeafSweep(Rendered):
     """Error against step size for the sampled coordinates of one leaf.
 
     Attributes:
@@ -458,24 +459,16 @@ class LeafSweep:
                 ]
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "indices": [list(i) for i in self.indices],
-            "steps": list(self.steps),
-            "analytic": self.analytic.tolist(),
-            "numeric": self.numeric.tolist(),
-            "rel_error": np.where(
-                np.isfinite(self.rel_error), self.rel_error, -1.0
-            ).tolist(),
-            "kink": self.kink.tolist(),
-            "noise": np.where(np.isfinite(self.noise), self.noise, -1.0).tolist(),
-            "best_step": self.best_step,
-        }
+    _dict_extra = ("median_error",)
+
+    def _doc(self) -> Doc:
+        sweep = StepSweep((self,), self.steps, "", math.nan)
+        summary = f"step sweep of {self.path}: best h = {self.best_step:.0e}"
+        return Doc(summary, [sweep._table()])
 
 
 @dataclasses.dataclass(frozen=True)
-class StepSweep:
+class StepSweep(Rendered):
     """The result of :func:`jaxcheck.step_sweep`: error against ``h`` per leaf.
 
     Attributes:
@@ -513,60 +506,37 @@ class StepSweep:
             f"No leaf at path {path!r}; leaves: {[leaf.path for leaf in self.leaves]}."
         )
 
+    _dict_extra = ("best_step",)
+
     def table(self) -> list[list[str]]:
-        header = ["h"] + [leaf.path for leaf in self.leaves]
-        rows = [header]
+        """The median relative error per step (rows) and leaf (columns), as
+        text cells, the header first; ``*`` marks a step that crossed a kink."""
+        table = self._table()
+        return [list(table.header), *map(list, table.rows)]
+
+    def _table(self) -> Table:
+        rows = []
         meds = [leaf.median_error for leaf in self.leaves]
         for k, h in enumerate(self.steps):
             row = [f"{h:.0e}"]
             for leaf, med in zip(self.leaves, meds, strict=True):
                 cell = "-" if not np.isfinite(med[k]) else f"{med[k]:.1e}"
-                if leaf.kink[:, k].any():
-                    cell += "*"
-                row.append(cell)
+                row.append(cell + ("*" if leaf.kink[:, k].any() else ""))
             rows.append(row)
-        return rows
+        paths = [leaf.path or "(root)" for leaf in self.leaves]
+        return Table(["h", *paths], rows, "right")
 
-    def __str__(self) -> str:
-        rows = self.table()
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [
+    def _doc(self) -> Doc:
+        summary = (
             f"jaxcheck: step sweep, {self.method} differences, f={self.f_value:.6g}, "
             f"gradient from {self.grad_source}; median relative error per leaf "
             f"(* = a kink was crossed); best h = {self.best_step:.0e}"
+        )
+        lines = [
+            f"  best h for {lf.path or '(root)'}: {lf.best_step:.0e}"
+            for lf in self.leaves
         ]
-        for r in rows:
-            lines.append(
-                "  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))
-            )
-        for leaf in self.leaves:
-            lines.append(f"  best h for {leaf.path}: {leaf.best_step:.0e}")
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        rows = self.table()
-        esc = html.escape
-        head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
-        body = "".join(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
-            for r in rows[1:]
-        )
-        return (
-            f"<div><p><b>Step sweep</b> ({esc(self.method)} differences, best h = "
-            f"{self.best_step:.0e}; * = kink crossed)</p><table><thead><tr>{head}"
-            f"</tr></thead><tbody>{body}</tbody></table></div>"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {
-            "steps": list(self.steps),
-            "method": self.method,
-            "f_value": self.f_value,
-            "grad_source": self.grad_source,
-            "best_step": self.best_step,
-            "leaves": [leaf.to_dict() for leaf in self.leaves],
-        }
+        return Doc(summary, [self._table(), *lines])
 
     def plot(self, ax: Any = None) -> Any:
         """Plots error against step size (see :func:`plot_step_sweep`)."""

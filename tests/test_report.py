@@ -126,7 +126,61 @@ def test_to_dict_and_html_carry_the_new_verdicts():
     assert w["kinks"][0]["verdict"] == "kink" and w["kinks"][0]["index"] == [0]
     assert "bracket it" in w["kinks"][0]["resolution"]
     html = r._repr_html_()
-    assert (
-        "Kink-capable primitives" in html and "Kinks of <code>[&#x27;w&#x27;]" in html
+    # The HTML carries what the text says (one Doc renders both), escaped.
+    assert "kink sites tracked: abs at" in html
+    assert "kinks of [&#x27;w&#x27;]: 1 coordinate(s) crossed abs" in html
+    assert "untestable coordinates of [&#x27;t&#x27;]:" in html
+    assert html.count("<table>") == 1 and "<li>[&#x27;w&#x27;][0]  analytic=" in html
+
+
+# --- the header and the leaf table agree ----------------------------------------
+
+
+def test_header_and_leaf_table_report_the_same_worst_error():
+    # Every coordinate is below round-off: nothing is judged ok or wrong, so
+    # neither the table nor the header may show a "max rel err"; the header says
+    # that the (untestable) errors are not evidence.
+    r = jaxcheck.check_grads(
+        lambda w: 1.0 + 1e-12 * jnp.sum(w**2), jnp.arange(1.0, 5.0)
     )
-    assert "Untestable coordinates of" in html
+    assert r.status == "inconclusive" and r.num_untestable == 4
+    lines = str(r).splitlines()
+    row = next(line for line in lines if "UNTESTABLE" in line)
+    assert "0.00e+00" not in row and " - " in row
+    assert row.split()[0] == "(root)"  # a bare array is named, not left blank
+    assert "  untestable coordinates of (root):" in lines
+    top = max(c.rel_error for c in r.leaves[0].worst)
+    assert f"relative errors up to {top:.2e}" in " ".join(lines)
+    assert "within round-off, not evidence" in r.headline()
+    assert "worst relative error" not in r.headline()
+
+
+def test_header_worst_is_the_table_max_over_ok_and_wrong_coordinates():
+    # ['t'] is untestable with a large relative error, ['w'] is tested: the
+    # header quotes the tested maximum (the table's), not the untestable one.
+    r = jaxcheck.check_grads(kinked, KPARAMS)
+    untestable = max(c.rel_error for c in r.leaf("['t']").worst)
+    tested = r.leaf("['w']").max_rel_error
+    assert untestable > tested
+    assert f"worst relative error {tested:.2e} at ['w']" in r.headline()
+    assert "among the 2 coordinates judged ok or wrong" in r.headline()
+    text = str(r)
+    row = next(ln for ln in text.splitlines() if ln.strip().startswith("['w']  "))
+    assert f"{tested:.2e}" in row
+    assert "max rel err: over the coordinates judged ok or wrong" in text
+    # A check where every coordinate is ok or wrong says nothing extra.
+    assert "judged ok or wrong" not in str(jaxcheck.check_grads(f, PARAMS))
+
+
+def test_text_fits_the_terminal_and_the_first_line_is_a_summary(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    r = jaxcheck.check_grads(kinked, KPARAMS)
+    lines = str(r).splitlines()
+    assert lines[0].startswith("jaxcheck: gradient check PASSED: 2 leaves,")
+    table = {ln for ln in lines if "max rel err  " in ln or ln.endswith(" ok")}
+    table |= {ln for ln in lines if ln.endswith(" UNTESTABLE")}
+    assert len(table) == 3
+    # Only tables (never wider than needed) may exceed the width; notes wrap.
+    assert all(len(ln) <= 80 for ln in lines if ln not in table)
+    assert any(ln.startswith("      ") and "note" not in ln for ln in lines)
+    assert " ".join(ln.strip() for ln in lines).count("note: ") == len(r.notes)

@@ -21,7 +21,6 @@ from ._common import (
     _BATCH_BUDGET,
     _device,
     _entry_report,
-    _fmt_e,
     _plural,
     _Point,
     _pow2_floor,
@@ -155,15 +154,10 @@ class BlockCheckReport(GradCheckReport):
             )
         if self.num_untestable:
             text += f", {self.num_untestable:,} untestable"
-        w = self.worst
-        if w is not None:
-            idx = "[" + ", ".join(str(i) for i in w[1].index) + "]"
-            text += f"; worst relative error {_fmt_e(w[1].rel_error)} at {w[0]}{idx}"
-        return text + "."
+        return text + self._worst_clause("entry") + "."
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report."""
-        return super().to_dict() | {"kind": self.kind}
+    def _data(self) -> dict[str, Any]:
+        return super()._data() | {"kind": self.kind}
 
 
 def _block_chunk(

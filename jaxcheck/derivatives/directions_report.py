@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
-from typing import Any
 
-from ..report import CoordResult, SkippedLeaf, html_headline, text_table
+from ..render import Doc, Rendered, Table
+from ..report import CoordResult, SkippedLeaf
 from ._common import _fmt_e, _plural
 
 
 @dataclasses.dataclass(frozen=True)
-class DirectionResult:
+class DirectionResult(Rendered):
     """One random direction of one leaf.
 
     Attributes:
@@ -28,12 +27,16 @@ class DirectionResult:
     rel_error: float
     verdict: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _doc(self) -> Doc:
+        return Doc(
+            f"direction: analytic={self.analytic:+.6e}  numeric={self.numeric:+.6e}"
+            f"  rel={_fmt_e(self.rel_error)}  {self.verdict}",
+            ok=self.verdict != "wrong",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class DirectionLeafReport:
+class DirectionLeafReport(Rendered):
     """The random-direction check of one leaf, and the localisation of its bugs.
 
     Attributes:
@@ -84,24 +87,23 @@ class DirectionLeafReport:
             return "UNTESTABLE"
         return "ok"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "passed": self.passed,
-            "max_rel_error": self.max_rel_error,
-            "num_wrong_directions": self.num_wrong_directions,
-            "directions": [d.to_dict() for d in self.directions],
-            "localized": [c.to_dict() for c in self.localized],
-            "localization": self.localization,
-            "num_evaluations": self.num_evaluations,
-            "seconds": self.seconds,
-        }
+    _dict_extra = ("passed", "max_rel_error", "num_wrong_directions")
+
+    def _doc(self) -> Doc:
+        report = DirectionsReport((self,), (), len(self.directions), *_NO_BAR)
+        return Doc(
+            f"leaf {self.path or '(root)'}: {self.verdict}, localisation "
+            f"{self.localization}",
+            [report._table(), *report._localized(self)],
+            self.passed,
+        )
+
+
+_NO_BAR = (math.nan, "", math.nan, 0, math.nan, math.nan)
 
 
 @dataclasses.dataclass(frozen=True)
-class DirectionsReport:
+class DirectionsReport(Rendered):
     """The result of :func:`check_directions`.
 
     Attributes:
@@ -193,8 +195,8 @@ class DirectionsReport:
         "localised", "evaluations", "verdict",
     )  # fmt: skip
 
-    def _rows(self) -> list[list[str]]:
-        return [
+    def _table(self) -> Table:
+        rows = [
             [
                 leaf.path or "(root)",
                 str(leaf.shape),
@@ -208,88 +210,38 @@ class DirectionsReport:
             ]
             for leaf in self.leaves
         ]
+        return Table(self._HEADER, rows, marked=[not lf.passed for lf in self.leaves])
 
-    def format(self) -> str:
-        """The report as text."""
-        lines = [self.headline()]
-        lines.append(
+    @staticmethod
+    def _localized(leaf: DirectionLeafReport) -> list[str]:
+        lines = [f"  {leaf.path or '(root)'}: localisation {leaf.localization}"]
+        for c in leaf.localized:
+            idx = "[" + ", ".join(str(i) for i in c.index) + "]"
+            lines.append(
+                f"    {leaf.path}{idx}  analytic={c.analytic:+.6e}  "
+                f"numeric={c.numeric:+.6e}  rel={_fmt_e(c.rel_error)}  {c.verdict}"
+            )
+        return lines
+
+    def _doc(self) -> Doc:
+        lines: list[str | Table] = [
             f"  unit directions, h={self.step:g}, float64, gradient from "
-            f"{self.grad_source}, f={self.f_value:.6g}, seed={self.seed}, on {self.device}"
-        )
-        lines.append(f"  bar: relative error <= {self.rtol:g} ({self.bar_reason})")
-        lines.append(
+            f"{self.grad_source}, f={self.f_value:.6g}, seed={self.seed}, on "
+            f"{self.device}",
+            f"  bar: relative error <= {self.rtol:g} ({self.bar_reason})",
             f"  a bug of relative size {self.error_size:g} in a leaf passes all "
             f"{self.num_directions} directions with probability <= "
-            f"{self.miss_probability:.2g}"
-        )
-        lines.extend(text_table([list(self._HEADER), *self._rows()]))
-        for s in self.skipped:
-            lines.append(f"  skipped {s.path} ({s.dtype}): {s.reason}")
-        for leaf in self.failures:
-            lines.append(f"  {leaf.path or '(root)'}: localisation {leaf.localization}")
-            for c in leaf.localized:
-                idx = "[" + ", ".join(str(i) for i in c.index) + "]"
-                lines.append(
-                    f"    {leaf.path}{idx}  analytic={c.analytic:+.6e}  "
-                    f"numeric={c.numeric:+.6e}  rel={_fmt_e(c.rel_error)}  {c.verdict}"
-                )
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        parts = [
-            "<div>" + html_headline(self.headline(), self.passed),
-            f"<p>h={self.step:g}; bar: relative error &le; {self.rtol:g}; a bug of "
-            f"relative size {self.error_size:g} passes with probability &le; "
-            f"{self.miss_probability:.2g}</p><table><thead><tr>",
-            "".join(f"<th>{esc(h)}</th>" for h in self._HEADER),
-            "</tr></thead><tbody>",
+            f"{self.miss_probability:.2g}",
+            self._table(),
         ]
-        for leaf, row in zip(self.leaves, self._rows(), strict=True):
-            style = "" if leaf.passed else ' style="background:#ffebee"'
-            parts.append(
-                f"<tr{style}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-            )
-        parts.append("</tbody></table>")
+        lines += [f"  skipped {s.path} ({s.dtype}): {s.reason}" for s in self.skipped]
         for leaf in self.failures:
-            parts.append(
-                f"<p>Localised in <code>{esc(leaf.path)}</code> "
-                f"({esc(leaf.localization)}):</p><ul>"
-            )
-            for c in leaf.localized:
-                idx = "[" + ", ".join(str(i) for i in c.index) + "]"
-                parts.append(
-                    f"<li><code>{esc(leaf.path + idx)}</code> analytic={c.analytic:+.6e} "
-                    f"numeric={c.numeric:+.6e} rel={_fmt_e(c.rel_error)}</li>"
-                )
-            parts.append("</ul>")
-        parts.extend(f"<p>Note: {esc(n)}</p>" for n in self.notes)
-        parts.append("</div>")
-        return "".join(parts)
+            lines += self._localized(leaf)
+        lines += [f"  note: {note}" for note in self.notes]
+        return Doc(self.headline(), lines, self.passed)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report."""
-        return {
-            "passed": self.passed,
-            "num_directions": self.num_directions,
-            "rtol": self.rtol,
-            "bar_reason": self.bar_reason,
-            "step": self.step,
-            "seed": self.seed,
-            "error_size": self.error_size,
-            "miss_probability": self.miss_probability,
-            "grad_source": self.grad_source,
-            "f_value": self.f_value,
-            "device": self.device,
-            "seconds": self.seconds,
-            "num_evaluations": self.num_evaluations,
-            "full_check_evaluations": self.full_check_evaluations,
-            "leaves": [leaf.to_dict() for leaf in self.leaves],
-            "skipped": [s.to_dict() for s in self.skipped],
-            "notes": list(self.notes),
-        }
+    def format(self, width: int | None = None) -> str:
+        """The report as text wrapped to ``width`` (the terminal's by default)."""
+        return self.render(width)
+
+    _dict_extra = ("passed", "num_evaluations", "full_check_evaluations")

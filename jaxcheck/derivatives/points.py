@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +14,8 @@ import numpy as np
 
 from .. import compare, engine, tree
 from ..options import callable_name, validate_callables
-from ..report import GradCheckReport, LeafReport, html_headline, text_table
+from ..render import Doc, Rendered, Table, embed, plain
+from ..report import GradCheckReport, LeafReport
 from ._common import (
     _BATCH_BUDGET,
     PyTree,
@@ -102,7 +102,7 @@ _points_apply_jit = jax.jit(_points_apply, static_argnums=0)
 
 
 @dataclasses.dataclass(frozen=True)
-class MultiPointReport:
+class MultiPointReport(Rendered):
     """The result of :func:`check_points`: one gradient check per parameter point.
 
     Attributes:
@@ -143,8 +143,8 @@ class MultiPointReport:
             )
         return text + "."
 
-    def _rows(self) -> list[list[str]]:
-        return [
+    def _table(self) -> Table:
+        rows = [
             [
                 str(i),
                 f"{r.f_value:.6g}",
@@ -156,39 +156,23 @@ class MultiPointReport:
             ]
             for i, r in enumerate(self.reports)
         ]
+        return Table(self._HEADER, rows, marked=[not r.passed for r in self.reports])
 
     _HEADER = ("point", "f", "checked", "max rel err", "wrong", "untestable", "verdict")
 
-    def __str__(self) -> str:
-        lines = [self.headline(), *text_table([list(self._HEADER), *self._rows()])]
+    def _doc(self) -> Doc:
+        lines: list[str | Table] = [self._table()]
         for i in self.failed_points:
-            lines.append(f"--- point {i} ---")
-            lines.append(self.reports[i].failure_message())
-        return "\n".join(lines)
+            failing = self.reports[i]._doc(self.reports[i].failures)
+            lines += embed(f"--- point {i} ---", failing)
+        return Doc(self.headline(), lines, self.passed)
 
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        parts = [
-            "<div>" + html_headline(self.headline(), self.passed),
-            "<table><thead><tr>",
-            "".join(f"<th>{esc(h)}</th>" for h in self._HEADER),
-            "</tr></thead><tbody>",
-        ]
-        for r, row in zip(self.reports, self._rows(), strict=True):
-            style = "" if r.passed else ' style="background:#ffebee"'
-            parts.append(
-                f"<tr{style}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-            )
-        parts.append("</tbody></table></div>")
-        return "".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report."""
+    def _data(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "failed_points": list(self.failed_points),
             "seconds": self.seconds,
-            "points": [r.to_dict() for r in self.reports],
+            "points": plain(self.reports),
         }
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import tree
 from ..options import callable_name, validate_callables
-from ..report import html_headline
+from ..render import Doc, Rendered, plain
 from ._common import OnFailure, PyTree, _float_positions, _fmt, _merge
 
 
@@ -28,7 +28,7 @@ class BurnInError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class BurnInResult:
+class BurnInResult(Rendered):
     """The result of :func:`run_burn_in`.
 
     Attributes:
@@ -64,22 +64,14 @@ class BurnInResult:
             + ("" if self.decreased else " (did NOT go down)")
         )
 
-    def __str__(self) -> str:
-        text = "jaxcheck: " + self.summary() + "."
-        return text + (f"\n  {self.message}" if self.message else "")
+    def _doc(self) -> Doc:
+        lines = [f"  {self.message}"] if self.message else []
+        return Doc("jaxcheck: " + self.summary() + ".", lines, self.decreased)
 
-    def _repr_html_(self) -> str:
-        return f"<div>{html_headline(str(self), self.decreased)}</div>"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (without the parameters)."""
-        return {
-            "losses": list(self.losses),
-            "optimizer": self.optimizer,
-            "steps": self.steps,
-            "decreased": self.decreased,
-            "message": self.message,
-        }
+    def _data(self) -> dict[str, Any]:
+        """The result without the parameters."""
+        names = ("losses", "optimizer", "steps", "decreased", "message")
+        return {name: plain(getattr(self, name)) for name in names}
 
 
 def _select(grads: PyTree, pos: list[int], paths: list[str], name: str) -> list:

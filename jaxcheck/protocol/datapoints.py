@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..render import Doc, Rendered
 from ._common import _is_key
 
 
 @dataclasses.dataclass(frozen=True)
-class DatapointsCut:
+class DatapointsCut(Rendered):
     """How :func:`take_datapoints` cut the batch arguments.
 
     Attributes:
@@ -44,11 +45,8 @@ class DatapointsCut:
             f"(indices {shown} along axis {self.axis} of {', '.join(self.cut)})"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {
-            "indices": list(self.indices),
-            "cut": list(self.cut),
-        }
+    def _doc(self) -> Doc:
+        return Doc(self.describe())
 
 
 def _argnums(argnums: Sequence[int] | int | None, n: int) -> tuple[int, ...] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..derivatives._common import _GradOf, _prepare, _UserGradOf, _value_jit, _ValueOf
-from ..report import html_headline
+from ..render import Doc, Rendered
 from ._common import PyTree, _is_key
 
 
@@ -28,7 +27,7 @@ class NondeterminismError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class DeterminismReport:
+class DeterminismReport(Rendered):
     """The result of :func:`check_determinism`.
 
     Attributes:
@@ -63,9 +62,8 @@ class DeterminismReport:
             f"jaxcheck: determinism check {status}: f evaluated twice per mode; {keys}."
         )
 
-    def __str__(self) -> str:
-        lines = [self.headline()]
-        lines.append(f"  eager: {', '.join(repr(v) for v in self.eager)}")
+    def _doc(self) -> Doc:
+        lines = [f"  eager: {', '.join(repr(v) for v in self.eager)}"]
         if self.jitted:
             lines.append(f"  jit:   {', '.join(repr(v) for v in self.jitted)}")
         if not math.isnan(self.grad_difference):
@@ -73,27 +71,7 @@ class DeterminismReport:
                 f"  gradient: max relative difference {self.grad_difference:.3g}"
             )
         lines.extend(f"  cause: {c}" for c in self.causes)
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        items = "".join(f"<li>{html.escape(c)}</li>" for c in self.causes)
-        return (
-            "<div>"
-            + html_headline(self.headline(), self.deterministic)
-            + f"<pre>{html.escape(str(self))}</pre>"
-            + (f"<ul>{items}</ul>" if items else "")
-            + "</div>"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "deterministic": self.deterministic,
-            "eager": list(self.eager),
-            "jitted": list(self.jitted),
-            "grad_difference": self.grad_difference,
-            "keys": list(self.keys),
-            "causes": list(self.causes),
-        }
+        return Doc(self.headline(), lines, self.deterministic)
 
 
 _FIX = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -16,7 +15,8 @@ from .. import tree
 from ..check import check_grads
 from ..derivatives._common import _GradOf, _prepare, _UserGradOf, _value_jit
 from ..options import callable_name
-from ..report import GradCheckReport, html_headline, text_table
+from ..render import Doc, Rendered, Table, embed, plain
+from ..report import GradCheckReport
 from ._common import PyTree, _float_positions, _merge
 
 
@@ -80,7 +80,7 @@ class _SumGrad:
 
 
 @dataclasses.dataclass(frozen=True)
-class LossTermsReport:
+class LossTermsReport(Rendered):
     """The result of :func:`check_loss_terms`.
 
     Attributes:
@@ -138,7 +138,7 @@ class LossTermsReport:
         "verdict",
     )
 
-    def _rows(self) -> list[list[str]]:
+    def _table(self) -> Table:
         rows = []
         for name, r in self.terms.items():
             rows.append(
@@ -156,47 +156,23 @@ class LossTermsReport:
             ["(sum)", "", "", f"{t.max_rel_error:.2e}", str(t.num_wrong),
              "ok" if t.passed else "FAIL"]
         )  # fmt: skip
-        return rows
+        return Table(self._HEADER, rows, marked=[r[-1] == "FAIL" for r in rows])
 
-    def __str__(self) -> str:
-        lines = [self.headline(), *text_table([list(self._HEADER), *self._rows()])]
+    def _doc(self) -> Doc:
+        lines: list[str | Table] = [self._table()]
         for name, r in self.terms.items():
             if not r.passed:
-                lines.append(f"--- term {name} ---")
-                lines.append(r.failure_message())
+                lines += embed(f"--- term {name} ---", r._doc(r.failures))
         if not self.total.passed:
-            lines.append("--- sum ---")
-            lines.append(self.total.failure_message())
-        lines.extend(f"  note: {n}" for n in self.notes)
-        return "\n".join(lines)
+            lines += embed("--- sum ---", self.total._doc(self.total.failures))
+        lines += [f"  note: {n}" for n in self.notes]
+        return Doc(self.headline(), lines, self.passed)
 
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        parts = [
-            "<div>" + html_headline(self.headline(), self.passed),
-            "<table><thead><tr>",
-            "".join(f"<th>{esc(h)}</th>" for h in self._HEADER),
-            "</tr></thead><tbody>",
-        ]
-        for row in self._rows():
-            style = ' style="background:#ffebee"' if row[-1] == "FAIL" else ""
-            parts.append(
-                f"<tr{style}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-            )
-        parts.append("</tbody></table>")
-        parts.extend(f"<p>Note: {esc(n)}</p>" for n in self.notes)
-        for name, r in self.terms.items():
-            if not r.passed:
-                parts.append(f"<h4>term {esc(name)}</h4>{r._repr_html_()}")
-        parts.append("</div>")
-        return "".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report."""
+    def _data(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
-            "terms": {n: r.to_dict() for n, r in self.terms.items()},
-            "total": self.total.to_dict(),
+            "terms": plain(self.terms),
+            "total": plain(self.total),
             "grad_norms": dict(self.grad_norms),
             "ratios": {n: self.ratio(n) for n in self.terms},
             "leaf_norms": {n: dict(v) for n, v in self.leaf_norms.items()},

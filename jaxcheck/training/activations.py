@@ -17,13 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcheck.training import _capture as _capture_mod
-from jaxcheck.training._render import (
-    count,
-    dataclass_to_dict,
-    fmt,
-    html_card,
-    html_table,
-)
+from jaxcheck.training._render import Doc, Table, TrainingResult, count, fmt
 
 __all__ = [
     "RECTIFIERS",
@@ -41,7 +35,7 @@ SQUASHERS = ("tanh", "sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerStats:
+class LayerStats(TrainingResult):
     """The distribution of one nonlinearity's output (and of the gradient there).
 
     Attributes:
@@ -109,22 +103,19 @@ class LayerStats:
             return f"sat {self.fraction_saturated:.0%}"
         return ""
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         special = self.key_stat.replace("sat ", "saturated ") or self.kind
         grad = "" if self.grad_rms is None else f", grad rms {self.grad_rms:.2e}"
         status = "; ".join(self.warnings) or "ok"
-        return (
+        return Doc(
             f"{self.name} {'x'.join(map(str, self.shape))}: mean {self.mean:.3g}, "
-            f"std {self.std:.3g}, {special}{grad}: {status}"
+            f"std {self.std:.3g}, {special}{grad}: {status}",
+            ok=not self.warnings,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stats as plain Python types (JSON-serialisable)."""
-        return dataclass_to_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class ActivationReport:
+class ActivationReport(TrainingResult):
     """Per-layer activation (and gradient) statistics with warnings.
 
     Attributes:
@@ -153,44 +144,29 @@ class ActivationReport:
             f"No layer named {name!r}; layers are {[lay.name for lay in self.layers]}."
         )
 
-    def _rows(self) -> list[tuple[str, ...]]:
+    def _table(self) -> Table:
         rows = []
         for lay in self.layers:
-            special = lay.key_stat or "-"
             rows.append(
                 (
                     lay.name,
                     "x".join(map(str, lay.shape)),
                     fmt(lay.mean, ".3f"),
                     fmt(lay.std, ".3f"),
-                    special,
+                    lay.key_stat or "-",
                     fmt(lay.grad_rms, ".2e"),
                     "; ".join(lay.warnings) or "ok",
                 )
             )
-        return rows
+        marked = [bool(lay.warnings) for lay in self.layers]
+        return Table(self._HEADERS, rows, marked=marked, indent=4)
 
     _HEADERS = ("layer", "shape", "mean", "std", "dead/saturated", "grad rms", "status")
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         verdict = "ok" if self.passed else "WARN"
-        lines = [f"[{verdict}] activations: {self.reason}"]
-        rows = [self._HEADERS] + self._rows()
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADERS) - 1)]
-        for r in rows:
-            cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
-            lines.append("    " + "  ".join(cells) + "  " + r[-1])
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain Python types (JSON-serialisable)."""
-        return {"name": self.name, **dataclass_to_dict(self)}
-
-    def _repr_html_(self) -> str:
-        label = "ok" if self.passed else "WARN"
-        return html_card("activations", self.passed, self.reason, label) + html_table(
-            self._HEADERS, self._rows()
-        )
+        summary = f"[{verdict}] activations: {self.reason}"
+        return Doc(summary, [self._table()], self.passed)
 
 
 def _histogram(

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcheck.training._render import dataclass_to_dict, fmt, html_card
+from jaxcheck.training._render import Doc, TrainingResult, fmt
 
 __all__ = [
     "AccuracyDiagnosis",
@@ -35,7 +35,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class LossCurveDiagnosis:
+class LossCurveDiagnosis(TrainingResult):
     """The shape of a loss curve, read for the learning rate and the batch size.
 
     Attributes:
@@ -70,23 +70,15 @@ class LossCurveDiagnosis:
 
     name = "loss_curve"
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         m = self.metrics
         head = f"[{self.verdict}] loss curve: {len(self.losses)} points"
         if "initial" in m and "final" in m:
             head += f", {fmt(m['initial'])} -> {fmt(m['final'])}"
         if self.epochs:
             head += f" over {self.epochs[-1] - self.epochs[0]:.3g} epochs"
-        lines = [head, f"  {self.reason}"]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The diagnosis as plain Python types (JSON-serialisable)."""
-        return {"name": self.name, **dataclass_to_dict(self)}
-
-    def _repr_html_(self) -> str:
-        return html_card("loss curve", self.passed, str(self), label=self.verdict)
+        lines = [f"  {self.reason}", *(f"  note: {n}" for n in self.notes)]
+        return Doc(head, lines, self.passed)
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -356,7 +348,7 @@ def _shape_verdict(
 
 
 @dataclasses.dataclass(frozen=True)
-class AccuracyDiagnosis:
+class AccuracyDiagnosis(TrainingResult):
     """Train and validation accuracy, and what their gap says.
 
     Attributes:
@@ -387,21 +379,16 @@ class AccuracyDiagnosis:
 
     name = "accuracy"
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         if not self.train:
-            return f"[{self.verdict}] accuracy: {self.reason}"
-        return (
+            return Doc(f"[{self.verdict}] accuracy: {self.reason}", ok=self.passed)
+        return Doc(
             f"[{self.verdict}] accuracy: train {self.train[-1]:.1%}, val "
             f"{self.val[-1]:.1%}, gap {self.gap:+.1%} (best val {self.best_val:.1%} "
-            f"at epoch {self.best_val_epoch:.3g})\n  {self.reason}"
+            f"at epoch {self.best_val_epoch:.3g})",
+            [f"  {self.reason}"],
+            self.passed,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The diagnosis as plain Python types (JSON-serialisable)."""
-        return {"name": self.name, **dataclass_to_dict(self)}
-
-    def _repr_html_(self) -> str:
-        return html_card("accuracy", self.passed, str(self), label=self.verdict)
 
 
 def diagnose_accuracy(

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcheck.training._render import Doc, TrainingResult
+
 __all__ = ["Digits", "load_digits"]
 
 _INSTALL_HINT = (
@@ -25,7 +27,7 @@ _INSTALL_HINT = (
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Digits:
+class Digits(TrainingResult):
     """The 8x8 digits split into a training and a validation set.
 
     Attributes:
@@ -57,17 +59,18 @@ class Digits:
         """Number of validation examples."""
         return int(self.x_val.shape[0])
 
-    def __str__(self) -> str:
-        return (
+    def _doc(self) -> Doc:
+        return Doc(
             f"Digits(train={self.num_train}, val={self.num_val}, "
             f"features={self.x_train.shape[1]}, image_shape={self.image_shape}, "
             f"num_classes={self.num_classes}, dtype={self.x_train.dtype})"
         )
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return self._doc().summary
 
-    def to_dict(self) -> dict[str, Any]:
-        """Sizes and metadata (not the arrays) as a plain dict."""
+    def _data(self) -> dict[str, Any]:
+        """Sizes and metadata (not the arrays)."""
         return {
             "num_train": self.num_train,
             "num_val": self.num_val,

@@ -16,13 +16,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcheck.training._render import html_card, to_builtin
+from jaxcheck.training._render import Doc, TrainingResult
 
 __all__ = ["FirstLayerReport", "first_layer_tiles"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FirstLayerReport:
+class FirstLayerReport(TrainingResult):
     """First-layer weights arranged as image tiles, with a smoothness score.
 
     Attributes:
@@ -51,27 +51,26 @@ class FirstLayerReport:
         """Whether the features look smooth rather than like noise."""
         return self.verdict == "smooth"
 
-    def __str__(self) -> str:
-        return (
+    def _doc(self) -> Doc:
+        return Doc(
             f"[{self.verdict}] first-layer weights: {self.tiles.shape[0]} tiles of "
             f"{'x'.join(map(str, self.tiles.shape[1:]))}, median roughness "
-            f"{self.median_roughness:.2f} (noise ~1)\n  {self.reason}"
+            f"{self.median_roughness:.2f} (noise ~1)",
+            [f"  {self.reason}"],
+            self.passed,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Scores and shapes (not the pixels) as plain Python types."""
+    def _data(self) -> dict[str, Any]:
+        """Scores and shapes (not the pixels)."""
         return {
             "name": self.name,
             "num_tiles": int(self.tiles.shape[0]),
             "tile_shape": list(self.tiles.shape[1:]),
-            "roughness": to_builtin(self.roughness),
+            "roughness": list(self.roughness),
             "median_roughness": self.median_roughness,
             "verdict": self.verdict,
             "reason": self.reason,
         }
-
-    def _repr_html_(self) -> str:
-        return html_card("first-layer weights", self.passed, str(self), self.verdict)
 
 
 def first_layer_tiles(

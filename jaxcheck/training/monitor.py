@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcheck.training._render import Doc, TrainingResult
 from jaxcheck.training.curves import (
     AccuracyDiagnosis,
     LossCurveDiagnosis,
@@ -41,7 +42,7 @@ _ZERO_INIT = (
 
 
 @dataclasses.dataclass(frozen=True)
-class MonitorSummary:
+class MonitorSummary(TrainingResult):
     """Everything a :class:`TrainingMonitor` recorded, judged.
 
     Attributes:
@@ -57,30 +58,13 @@ class MonitorSummary:
     updates: UpdateRatioReport | None
     passed: bool
 
-    def __str__(self) -> str:
-        parts = [str(self.loss)]
-        if self.accuracy is not None:
-            parts.append(str(self.accuracy))
-        if self.updates is not None:
-            parts.append(str(self.updates))
-        return "\n".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as plain Python types (JSON-serialisable)."""
-        return {
-            "passed": self.passed,
-            "loss": self.loss.to_dict(),
-            "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
-            "updates": None if self.updates is None else self.updates.to_dict(),
-        }
-
-    def _repr_html_(self) -> str:
-        parts = [self.loss._repr_html_()]
-        if self.accuracy is not None:
-            parts.append(self.accuracy._repr_html_())
-        if self.updates is not None:
-            parts.append(self.updates._repr_html_())
-        return "".join(parts)
+    def _doc(self) -> Doc:
+        parts = [self.loss._doc()]
+        parts += [r._doc() for r in (self.accuracy, self.updates) if r is not None]
+        blocks = [*parts[0].blocks]
+        for part in parts[1:]:
+            blocks += [part.summary, *part.blocks]
+        return Doc(parts[0].summary, blocks, self.passed)
 
 
 class TrainingMonitor:

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxcheck.examples import class_labels
 from jaxcheck.training._optional import require_optax
-from jaxcheck.training._render import dataclass_to_dict, fmt, html_card
+from jaxcheck.training._render import Doc, TrainingResult, fmt
 
 __all__ = ["OverfitResult", "overfit_small_subset"]
 
@@ -27,7 +27,7 @@ PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class OverfitResult:
+class OverfitResult(TrainingResult):
     """Training on a tiny subset with regularization off: the curve and the verdict.
 
     Attributes:
@@ -62,25 +62,20 @@ class OverfitResult:
 
     name = "overfit_small_subset"
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         verdict = "PASS" if self.passed else "FAIL"
         acc = (
             ""
             if self.final_accuracy is None
             else f", accuracy {100 * self.final_accuracy:.1f}%"
         )
-        return (
+        return Doc(
             f"[{verdict}] {self.name}: {self.num_examples} examples, {self.steps} "
             f"steps: loss {fmt(self.initial_loss)} -> {fmt(self.final_loss)}{acc} "
-            f"({self.seconds:.2f} s)\n  {self.reason}"
+            f"({self.seconds:.2f} s)",
+            [f"  {self.reason}"],
+            self.passed,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as plain Python types (JSON-serialisable)."""
-        return {"name": self.name, **dataclass_to_dict(self)}
-
-    def _repr_html_(self) -> str:
-        return html_card(self.name, self.passed, str(self))
 
 
 # --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcheck.training._render import dataclass_to_dict, fmt, html_card, html_table
+from jaxcheck.training._render import Doc, TrainingResult, fmt
 
 __all__ = [
     "RegularizationResult",
@@ -57,7 +57,7 @@ def _scalar(value: Any, name: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class SanityResult:
+class SanityResult(TrainingResult):
     """The outcome of one sanity check that compares a measurement with a value.
 
     Attributes:
@@ -76,31 +76,25 @@ class SanityResult:
     reason: str
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         verdict = "PASS" if self.passed else "FAIL"
-        lines = [
-            f"[{verdict}] {self.name}: measured {fmt(self.measured, '.6g')}, "
-            f"expected {fmt(self.expected, '.6g')}",
-            f"  {self.reason}",
-        ]
+        lines = [f"  {self.reason}"]
         if self.details:
             extras = ", ".join(
                 f"{k}={fmt(v) if isinstance(v, float) else v}"
                 for k, v in self.details.items()
             )
             lines.append(f"  ({extras})")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as plain Python types (JSON-serialisable)."""
-        return dataclass_to_dict(self)
-
-    def _repr_html_(self) -> str:
-        return html_card(self.name, self.passed, str(self))
+        return Doc(
+            f"[{verdict}] {self.name}: measured {fmt(self.measured, '.6g')}, "
+            f"expected {fmt(self.expected, '.6g')}",
+            lines,
+            self.passed,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class RegularizationResult:
+class RegularizationResult(TrainingResult):
     """The loss evaluated at increasing regularization strengths.
 
     Attributes:
@@ -121,27 +115,17 @@ class RegularizationResult:
 
     name = "regularization_raises_loss"
 
-    def __str__(self) -> str:
+    def _doc(self) -> Doc:
         verdict = "PASS" if self.passed else "FAIL"
         pairs = ", ".join(
             f"{fmt(s, '.0e')}: {fmt(v, '.5g')}"
             for s, v in zip(self.strengths, self.losses, strict=True)
         )
-        return f"[{verdict}] {self.name}: loss at strength {{{pairs}}}\n  {self.reason}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as plain Python types (JSON-serialisable)."""
-        return {"name": self.name, **dataclass_to_dict(self)}
-
-    def _repr_html_(self) -> str:
-        table = html_table(
-            ["strength", "loss"],
-            [
-                (fmt(s, ".1e"), fmt(v, ".6g"))
-                for s, v in zip(self.strengths, self.losses, strict=True)
-            ],
+        return Doc(
+            f"[{verdict}] {self.name}: loss at strength {{{pairs}}}",
+            [f"  {self.reason}"],
+            self.passed,
         )
-        return html_card(self.name, self.passed, self.reason) + table
 
 
 # --------------------------------------------------------------------------------------

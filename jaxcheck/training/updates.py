@@ -18,13 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcheck.training._render import (
-    count,
-    dataclass_to_dict,
-    fmt,
-    html_card,
-    html_table,
-)
+from jaxcheck.training._render import Doc, Table, TrainingResult, count, fmt
 
 __all__ = [
     "LeafRatio",
@@ -166,7 +160,7 @@ class LeafRatio:
 
 
 @dataclasses.dataclass(frozen=True)
-class UpdateRatioReport:
+class UpdateRatioReport(TrainingResult):
     """Update-to-parameter ratios of all leaves against the rule of thumb.
 
     Attributes:
@@ -204,34 +198,24 @@ class UpdateRatioReport:
         """``{path: ratio}``."""
         return {leaf.path: leaf.ratio for leaf in self.leaves}
 
-    def __str__(self) -> str:
-        width = max([len(leaf.path) for leaf in self.leaves] + [4])
-        lines = [
-            f"[{self.verdict}] update/param ratio (target ~{self.target:.0e}, ok in "
-            f"[{self.low:.0e}, {self.high:.0e}])",
-            f"  {self.reason}",
-        ]
-        for leaf in self.leaves:
-            # Every verdict but "ok" says why (an undefined ratio is not judged).
-            why = "" if leaf.verdict == "ok" else f": {leaf.message}"
-            lines.append(
-                f"    {leaf.path:<{width}}  {fmt(leaf.ratio, '.2e'):>9}  "
-                f"{leaf.verdict}{why}"
-            )
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain Python types (JSON-serialisable)."""
-        return {"name": self.name, **dataclass_to_dict(self)}
-
-    def _repr_html_(self) -> str:
+    def _doc(self) -> Doc:
         rows = [
-            (lf.path, fmt(lf.ratio, ".2e"), lf.verdict, lf.message)
+            # Every verdict but "ok" says why (an undefined ratio is not judged).
+            (lf.path, fmt(lf.ratio, ".2e"), lf.verdict + _why(lf))
             for lf in self.leaves
         ]
-        return html_card(
-            "update/param ratio", self.passed, self.reason, self.verdict
-        ) + (html_table(["leaf", "ratio", "verdict", "message"], rows))
+        marked = [lf.verdict not in ("ok", "undefined") for lf in self.leaves]
+        return Doc(
+            f"[{self.verdict}] update/param ratio (target ~{self.target:.0e}, ok in "
+            f"[{self.low:.0e}, {self.high:.0e}])",
+            [f"  {self.reason}", Table(("leaf", "ratio", "verdict"), rows, "left",
+                                        marked, indent=4)],
+            self.passed,
+        )  # fmt: skip
+
+
+def _why(leaf: LeafRatio) -> str:
+    return "" if leaf.verdict == "ok" else f": {leaf.message}"
 
 
 def check_update_ratios(
