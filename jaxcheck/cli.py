@@ -361,6 +361,9 @@ def _turn_on_cache(args: argparse.Namespace, command: argparse.ArgumentParser) -
             "Pass a writable directory (it is created if missing), or --no-cache "
             "to run without the cache."
         )
+    # jaxcheck's program cache (jaxcheck.engine.cache) lives under the same
+    # unusable base directory: off too, for this process only.
+    os.environ[_NO_CACHE] = "1"
     print(
         "jaxcheck: compilation cache off for this run: the default directory "
         f"{where} cannot be used ({problem}). Choose another with --cache-dir DIR "
