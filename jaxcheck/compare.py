@@ -161,8 +161,8 @@ def default_bar(rtol: float | None = None, noise_factor: float | None = None) ->
     if rtol is None:
         return Bar(
             SMOOTH_RTOL,
-            "smooth-function bar of the notes (relative error < 1e-7); pass "
-            "`rtol=` to change it",
+            "relative error < 1e-7, the CS231n gradient-check notes' bar for a "
+            "smooth function in double precision; pass `rtol=` to change it",
             nf,
         )
     rtol = float(rtol)
@@ -254,14 +254,14 @@ def choose_bar(
     if kinks:
         return Bar(
             KINK_RTOL,
-            f"kinked: f has kink-capable primitives ({kinks}); the notes' bar for "
-            f"objectives with kinks (relative error < 1e-4){deep}",
+            f"kinked: f has kink-capable primitives ({kinks}); relative error < "
+            f"1e-4, the CS231n gradient-check notes' bar with kinks{deep}",
             base.noise_factor,
         )
     return Bar(
         SMOOTH_RTOL,
-        "smooth: no kink-capable primitive depends on the parameters; the notes' "
-        f"bar for smooth functions (relative error < 1e-7){deep}",
+        "smooth: no kink-capable primitive depends on the parameters; relative "
+        f"error < 1e-7, the CS231n gradient-check notes' bar for smooth functions{deep}",
         base.noise_factor,
     )
 

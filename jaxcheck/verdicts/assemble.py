@@ -181,7 +181,7 @@ def notes_of(check: Any, leaves: list[LeafReport], s: judge.State) -> list[str]:
             + ", ".join(sorted({x.primitive for x in analysis.opaque}))
             + "): kinks inside them are not detected, so a coordinate that crosses "
             "one may be reported wrong; the leaves that depend on them get the "
-            f"notes' bar for kinked objectives ({compare.KINK_RTOL:g})."
+            f"bar for objectives with kinks ({compare.KINK_RTOL:g})."
         )
     if analysis.untracked:
         notes.append(
@@ -270,7 +270,7 @@ def _count_notes(leaves: list[LeafReport], bar: compare.Bar, f0: float) -> list[
         elif largest < TINY_GRADIENT:
             notes.append(
                 f"the raw gradients of {name} are tiny (|a| <= {largest:.1e}; the "
-                "notes: around 1e-10 and smaller is worrying): multiply the loss by a "
+                "CS231n notes call 1e-10 and smaller worrying): multiply the loss by a "
                 "constant to bring them near 1, where floats are dense."
             )
     return notes
