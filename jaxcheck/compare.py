@@ -254,14 +254,14 @@ def choose_bar(
     if kinks:
         return Bar(
             KINK_RTOL,
-            f"kinked: f has kink-capable primitives ({kinks}); relative error < "
-            f"1e-4, the CS231n gradient-check notes' bar with kinks{deep}",
+            f"kinked: f has kink-capable primitives ({kinks}), so the CS231n "
+            f"gradient-check notes' bar for objectives with kinks{deep}",
             base.noise_factor,
         )
     return Bar(
         SMOOTH_RTOL,
-        "smooth: no kink-capable primitive depends on the parameters; relative "
-        f"error < 1e-7, the CS231n gradient-check notes' bar for smooth functions{deep}",
+        "smooth: no kink-capable primitive depends on the parameters, so the "
+        f"CS231n gradient-check notes' bar for smooth functions{deep}",
         base.noise_factor,
     )
 
