@@ -446,12 +446,13 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_protocol.i
 
 
 @pytest.mark.slow
-def test_protocol_notebook_executes_without_outputs_stored():
+def test_protocol_notebook_executes_and_prints_each_step():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    for cell in code:  # stored outputs are not evidence: execute afresh
+        cell.outputs, cell.execution_count = [], None
     nbclient.NotebookClient(
         nb, timeout=120, kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
