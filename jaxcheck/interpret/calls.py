@@ -33,18 +33,21 @@ class Call:
 
     Attributes:
       param: the parameter holding the called jaxpr (closed or open).
-      custom: the primitive carries user-defined derivative rules
-        (``custom_jvp`` / ``custom_vjp``): evaluating the jaxpr in its place
-        computes the same value but drops the rules (an interpreter that is
-        differentiated binds the primitive itself).
+      custom: ``"jvp"`` or ``"vjp"`` when the primitive carries user-defined
+        derivative rules (``jax.custom_jvp`` / ``jax.custom_vjp``), else
+        ``""``: evaluating the jaxpr in its place computes the same value but
+        drops the rules (an interpreter that is differentiated binds the
+        primitive itself).
 
     Examples:
       >>> CALLS["custom_jvp_call"]
-      Call(param='call_jaxpr', custom=True)
+      Call(param='call_jaxpr', custom='jvp')
+      >>> [name for name, call in CALLS.items() if call.custom]
+      ['custom_jvp_call', 'custom_vjp_call', 'custom_vjp_call_jaxpr']
     """
 
     param: str
-    custom: bool = False
+    custom: str = ""
 
 
 #: Call-like primitives, by name: the called jaxpr computes exactly the
@@ -59,9 +62,9 @@ CALLS: Mapping[str, Call] = MappingProxyType(
         "checkpoint": Call("jaxpr"),
         "remat": Call("jaxpr"),
         "remat2": Call("jaxpr"),
-        "custom_jvp_call": Call("call_jaxpr", custom=True),
-        "custom_vjp_call": Call("call_jaxpr", custom=True),
-        "custom_vjp_call_jaxpr": Call("fun_jaxpr", custom=True),
+        "custom_jvp_call": Call("call_jaxpr", custom="jvp"),
+        "custom_vjp_call": Call("call_jaxpr", custom="vjp"),
+        "custom_vjp_call_jaxpr": Call("fun_jaxpr", custom="vjp"),
     }
 )
 

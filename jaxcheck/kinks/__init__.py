@@ -20,8 +20,9 @@ per *decision site*:
   ``reduce_window_max`` (max pooling) and the permutation of ``sort``;
 * the branch of ``cond`` and the number of iterations of ``while``;
 
-recursing into ``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``checkpoint``,
-``cond``, ``scan`` and ``while`` bodies. The instrumented function is an
+recursing into the call-like primitives of :data:`jaxcheck.interpret.CALLS`
+(``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``checkpoint``, ...) and
+into ``cond``, ``scan`` and ``while`` bodies. The instrumented function is an
 ordinary JAX function: it is jit- and vmap-able, so the engine evaluates it at
 ``x + h e_i`` and ``x - h e_i`` in the same batches as the plain one, and a
 coordinate whose words differ between the two crossed a kink.

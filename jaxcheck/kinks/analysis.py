@@ -26,13 +26,14 @@ from ..interpret import (
 from .facts import (
     _LAYERS,
     Frame,
+    _enters,
     _is_opaque,
     _join,
     _shape,
     _site_kind,
     _untracked_kind,
 )
-from .sites import SMOOTH_CUSTOM_JVP, KinkAnalysis, Site
+from .sites import KinkAnalysis, Site
 
 PyTree = Any
 
@@ -104,10 +105,7 @@ class _Analysis(Walker):
         return outs
 
     def enters(self, eqn: Any, ins: list, frame: Frame) -> bool:
-        return not (
-            eqn.primitive.name == "custom_jvp_call"
-            and call_name(eqn) in SMOOTH_CUSTOM_JVP
-        )
+        return _enters(eqn)
 
     def call(self, eqn: Any, ins: list, frame: Frame) -> list:
         inner, consts = call_jaxpr(eqn)

@@ -10,8 +10,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ..interpret import CALLS, CONTROL_FLOW, carries_jaxpr, is_literal
-from .sites import OPAQUE, SMOOTH_CALLS, TRACKED, UNTRACKED
+from ..interpret import CALLS, CONTROL_FLOW, call_name, carries_jaxpr, is_literal
+from .sites import OPAQUE, SMOOTH_CALLS, SMOOTH_CUSTOM_JVP, TRACKED, UNTRACKED
 
 _COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})
 _BOOL_LOGIC = frozenset({"not", "and", "or", "reduce_and", "reduce_or", "xor"})
@@ -196,6 +196,15 @@ def _is_opaque(eqn: Any) -> bool:
     if name in CALLS or name in SMOOTH_CALLS or name in CONTROL_FLOW:
         return False
     return carries_jaxpr(eqn)
+
+
+def _enters(eqn: Any) -> bool:
+    """Whether a kink interpreter walks into this call-like equation: all but
+    the ``custom_jvp`` functions of :data:`SMOOTH_CUSTOM_JVP`."""
+    return not (
+        CALLS[eqn.primitive.name].custom == "jvp"
+        and call_name(eqn) in SMOOTH_CUSTOM_JVP
+    )
 
 
 class Frame:

@@ -29,8 +29,8 @@ from ..interpret import (
     scan_operands,
     while_operands,
 )
-from .facts import Frame, _join, _site_kind
-from .sites import SMOOTH_CUSTOM_JVP, Site
+from .facts import Frame, _enters, _join, _site_kind
+from .sites import Site
 
 _U32 = jnp.uint32
 _FNV_PRIME = np.uint32(16777619)
@@ -210,10 +210,7 @@ class _Evaluator(Walker):
         return [(o, depends) for o in outs]
 
     def enters(self, eqn: Any, ins: list, frame: Frame) -> bool:
-        return not (
-            eqn.primitive.name == "custom_jvp_call"
-            and call_name(eqn) in SMOOTH_CUSTOM_JVP
-        )
+        return _enters(eqn)
 
     def call(self, eqn: Any, ins: list, frame: Frame) -> list:
         inner, consts = call_jaxpr(eqn)

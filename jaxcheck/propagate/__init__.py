@@ -44,8 +44,9 @@ tracker's uint32 decision words (:mod:`jaxcheck.kinks`, a weighted sum of the
 decisions) come out bit-identical while only the window's decisions are
 recomputed; :func:`make_propagated_evaluator` also propagates a tracker's
 ``pair`` (both points of a row and the decisions that changed between them).
-``jit``/``pjit``, ``custom_jvp_call``, ``custom_vjp_call`` and ``checkpoint``
-are inlined (their primal computation is what ``f`` evaluates).
+The call-like primitives of :data:`jaxcheck.interpret.CALLS` (``jit``,
+``custom_jvp_call``, ``custom_vjp_call``, ``checkpoint``, ...) are inlined
+(their primal computation is what ``f`` evaluates).
 
 Round-off: a propagated ``f(x ± h e_i)`` differs from the dense evaluation by
 round-off only (a few ``eps * |f|``); elementwise steps are bit-identical, and
