@@ -15,12 +15,10 @@ from .compilation import use_compilation_cache as use_compilation_cache
 from .derivatives import BlockCheckReport as BlockCheckReport
 from .derivatives import DirectionsReport as DirectionsReport
 from .derivatives import ForwardModeUnsupportedError as ForwardModeUnsupportedError
-from .derivatives import ModesReport as ModesReport
 from .derivatives import MultiPointReport as MultiPointReport
 from .derivatives import check_directions as check_directions
 from .derivatives import check_forward_mode as check_forward_mode
 from .derivatives import check_jacobian as check_jacobian
-from .derivatives import check_modes as check_modes
 from .derivatives import check_points as check_points
 from .derivatives import check_second_order as check_second_order
 from .derivatives import check_vjp as check_vjp
@@ -41,9 +39,7 @@ from .protocol import LossTermsReport as LossTermsReport
 from .protocol import NondeterminismError as NondeterminismError
 from .protocol import assert_deterministic as assert_deterministic
 from .protocol import burn_in as burn_in
-from .protocol import check_after_burn_in as check_after_burn_in
 from .protocol import check_determinism as check_determinism
-from .protocol import check_few_datapoints as check_few_datapoints
 from .protocol import check_loss_terms as check_loss_terms
 from .protocol import take_datapoints as take_datapoints
 from .report import CoordResult as CoordResult
@@ -73,7 +69,6 @@ __all__ = (
     "LeafReport",
     "LeafSweep",
     "LossTermsReport",
-    "ModesReport",
     "MultiPointReport",
     "NondeterminismError",
     "Site",
@@ -83,15 +78,12 @@ __all__ = (
     "assert_grads",
     "band_counts",
     "burn_in",
-    "check_after_burn_in",
     "check_determinism",
     "check_directions",
-    "check_few_datapoints",
     "check_forward_mode",
     "check_grads",
     "check_jacobian",
     "check_loss_terms",
-    "check_modes",
     "check_points",
     "check_second_order",
     "check_vjp",

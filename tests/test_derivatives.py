@@ -1,5 +1,5 @@
-"""Tests of jaxcheck.derivatives: second order, modes, VJPs, Jacobians, random
-directions with localisation, and multi-point checks."""
+"""Tests of jaxcheck.derivatives: second order, forward mode, VJPs, Jacobians,
+random directions with localisation, and multi-point checks."""
 
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ from jaxcheck.derivatives import (
     BlockCheckReport,
     DirectionsReport,
     ForwardModeUnsupportedError,
-    ModesReport,
     MultiPointReport,
     check_directions,
     check_forward_mode,
     check_jacobian,
-    check_modes,
     check_points,
     check_second_order,
     check_vjp,
@@ -35,7 +33,12 @@ from jaxcheck.derivatives import (
 # --------------------------------------------------------------------------- #
 
 
-def make_cube(detach_in_backward: bool):
+def make_cube(detach_in_backward: bool, fwd_calls_cube: bool = False):
+    """``x ** 3`` as a ``custom_vjp``; the planted bug detaches ``x`` in the
+    backward pass (right at first order, a zero second derivative). With
+    ``fwd_calls_cube`` the rule's ``fwd`` calls the custom function itself, which
+    makes ``jax.jvp`` of its gradient impossible (issue 13.2)."""
+
     @jax.custom_vjp
     def cube(x):
         return x**3
@@ -44,7 +47,10 @@ def make_cube(detach_in_backward: bool):
         x2 = jax.lax.stop_gradient(x) ** 2 if detach_in_backward else x**2
         return (g * 3 * x2,)
 
-    cube.defvjp(lambda x: (x**3, x), bwd)
+    def fwd(x):
+        return (cube(x) if fwd_calls_cube else x**3), x
+
+    cube.defvjp(fwd, bwd)
     return cube
 
 
@@ -82,6 +88,34 @@ def test_correct_backward_passes_order_two():
     assert sampled.num_checked == 2 * 5  # one column per leaf
 
 
+@pytest.mark.parametrize("detach, passes", [(False, True), (True, False)])
+def test_second_order_falls_back_to_rev_over_rev_without_forward_mode(detach, passes):
+    # Issue 13.2: a custom_vjp whose fwd calls the custom function itself has a
+    # gradient that jax.jvp cannot differentiate; order 2 is checked
+    # reverse-over-reverse instead, and a planted second-order bug still fails.
+    loss, params, x = _cube_loss(make_cube(detach, fwd_calls_cube=True))
+    assert check_grads(loss, params, x).passed  # right at first order either way
+    report = check_second_order(loss, params, x)
+    assert report.passed is passes
+    assert report.grad_source == "reverse-over-reverse (jax.vjp of jax.grad)"
+    assert "forward-over-reverse is impossible" in report.notes[0]
+    assert "custom_vjp" in report.notes[0]
+    block = report.leaf("d2f/d['w'] d['w']")
+    assert block.num_wrong == (0 if passes else 3)  # the Hessian's diagonal
+    assert report.leaf("d2f/d['b'] d['b']").passed
+    with pytest.raises(ForwardModeUnsupportedError, match='method="rev_over_rev"'):
+        check_second_order(loss, params, x, method="fwd_over_rev")
+    with pytest.raises(ForwardModeUnsupportedError, match="custom_vjp"):
+        check_forward_mode(loss, params, x)
+
+
+def test_second_order_takes_forward_over_reverse_where_it_can():
+    loss, params, x = _cube_loss(make_cube(detach_in_backward=False))
+    report = check_second_order(loss, params, x)
+    assert report.grad_source == "forward-over-reverse HVP (jax.jvp of jax.grad)"
+    assert report.notes == ()
+
+
 def test_second_order_of_a_hand_written_gradient():
     def loss(w):
         return jnp.sum(w**4)
@@ -98,12 +132,12 @@ def test_second_order_of_a_hand_written_gradient():
 def test_second_order_refuses_huge_checks():
     with pytest.raises(ValueError, match="max_entries"):
         check_second_order(lambda w: jnp.sum(w**2), jnp.ones(50), max_entries=100)
-    with pytest.raises(ValueError, match="`method`"):
+    with pytest.raises(ValueError, match='`method` must be "auto"'):
         check_second_order(lambda w: jnp.sum(w**2), jnp.ones(2), method="fwd")
 
 
 # --------------------------------------------------------------------------- #
-# Modes.
+# Forward mode (reverse mode is check_grads).
 # --------------------------------------------------------------------------- #
 
 
@@ -129,30 +163,26 @@ def test_custom_jvp_rule_checked_in_both_modes(correct):
         return jnp.sum(softplus(x @ w))
 
     w, x = jnp.array([0.3, -0.2]), jnp.array([[1.0, 2.0], [-1.0, 0.5], [0.2, 0.1]])
-    report = check_modes(loss, w, x)
-    assert isinstance(report, ModesReport)
-    assert set(report.reports) == {"rev", "fwd"} and report.unsupported == {}
-    assert report.report("rev").passed is correct
-    assert report.report("fwd").passed is correct
-    assert report.passed is correct
-    assert report.report("fwd").grad_source == "jax.jvp (forward mode)"
-    json.dumps(report.to_dict())
+    rev = check_grads(loss, w, x)
+    fwd = check_forward_mode(loss, w, x)
+    assert isinstance(fwd, GradCheckReport)
+    assert rev.passed is correct  # reverse mode transposes the wrong rule
+    assert fwd.passed is correct
+    assert fwd.grad_source == "jax.jvp (forward mode)"
+    json.dumps(fwd.to_dict())
 
 
-def test_custom_vjp_is_reverse_only_not_an_error():
+def test_custom_vjp_is_reverse_only():
     cube = make_cube(detach_in_backward=False)
 
     def loss(w):
         return jnp.sum(cube(w))
 
-    report = check_modes(loss, jnp.array([1.0, 2.0]))
-    assert report.passed and report.reverse_only
-    assert "custom_vjp" in report.unsupported["fwd"]
-    assert "fwd unsupported (reverse-only)" in report.headline()
-    with pytest.raises(KeyError, match="reverse-only"):
-        report.report("fwd")
-    with pytest.raises(ForwardModeUnsupportedError, match="check_modes"):
+    assert check_grads(loss, jnp.array([1.0, 2.0])).passed  # reverse mode
+    with pytest.raises(ForwardModeUnsupportedError, match="custom_vjp") as err:
         check_forward_mode(loss, jnp.array([1.0, 2.0]))
+    assert "reverse-only" in str(err.value) and "check_grads" in str(err.value)
+    assert isinstance(err.value, TypeError)
 
 
 def test_forward_mode_with_sampled_coordinates_matches_reverse():
@@ -169,8 +199,6 @@ def test_forward_mode_with_sampled_coordinates_matches_reverse():
         .leaf("['W']").worst
     }  # fmt: skip
     assert rev.num_checked == fwd.num_checked
-    with pytest.raises(ValueError, match="`modes`"):
-        check_modes(loss, params, modes=("rev", "sideways"))
     with pytest.raises(TypeError, match="grad_fn"):
         check_forward_mode(loss, params, grad_fn=lambda p: p)
 

@@ -1,4 +1,5 @@
-"""Tests of jaxcheck.protocol: burn-in, loss terms, few datapoints, determinism."""
+"""Tests of jaxcheck.protocol: burn-in, loss terms, few datapoints, determinism,
+and the steps composed with check_grads (each returns what the next takes)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcheck import check_grads
+from jaxcheck import check_forward_mode, check_grads, check_second_order
 from jaxcheck.protocol import (
     BurnInError,
     BurnInResult,
@@ -23,13 +24,9 @@ from jaxcheck.protocol import (
     NondeterminismError,
     assert_deterministic,
     burn_in,
-    check_after_burn_in,
     check_determinism,
-    check_few_datapoints,
     check_loss_terms,
-    is_loss_terms,
     run_burn_in,
-    run_protocol,
     take_datapoints,
 )
 
@@ -79,20 +76,21 @@ def test_svm_bug_passes_at_tiny_init_and_fails_after_burn_in():
     w0, x, y = _svm_data()
     at_init = check_grads(svm_loss, w0, x, y, grad_fn=svm_grad_every_margin_violated)
     assert at_init.passed  # every margin IS violated at tiny weights
-    after = check_after_burn_in(
+    trained = burn_in(
         svm_loss, w0, x, y, steps=10, learning_rate=0.01,
         grad_fn=svm_grad_every_margin_violated,
     )  # fmt: skip
+    after = check_grads(svm_loss, trained, x, y, grad_fn=svm_grad_every_margin_violated)
     assert not after.passed
     assert after.num_wrong >= 6
-    assert after.notes[-1].startswith("burn-in: 10 steps of SGD (learning rate 0.01)")
 
 
 def test_correct_svm_gradient_passes_after_burn_in():
     w0, x, y = _svm_data()
-    report = check_after_burn_in(
+    trained = burn_in(
         svm_loss, w0, x, y, steps=10, learning_rate=0.01, grad_fn=svm_grad_correct
     )
+    report = check_grads(svm_loss, trained, x, y, grad_fn=svm_grad_correct)
     assert report.passed
     assert report.num_checked == 12
 
@@ -113,6 +111,7 @@ def test_burn_in_loss_goes_down_and_keeps_structure():
     assert int(result.params["step"]) == 7 and result.params["name"] == "mlp"
     json.dumps(result.to_dict())
     assert "did NOT" not in str(result)
+    assert result.summary().startswith("burn-in: 20 steps of SGD (learning rate 0.1)")
     new = burn_in(loss, params, jnp.ones(3), steps=20, learning_rate=0.1)
     np.testing.assert_allclose(new["w"], result.params["w"])
 
@@ -218,12 +217,9 @@ def test_reg_missing_factor_two_is_masked_in_the_sum_but_caught_per_term():
     assert "<table>" in report._repr_html_()
 
 
-def test_terms_given_as_a_function_returning_a_dict():
+def test_balanced_terms_pass_without_a_warning():
     w, x, t = _regression()
-
-    def terms(w, x, t):
-        return {"data": data_loss(w, x, t), "reg": 0.1 * jnp.sum(w**2)}
-
+    terms = {"data": data_loss, "reg": lambda w, x, t: 0.1 * jnp.sum(w**2)}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # balanced terms: no dominance warning
         report = check_loss_terms(terms, w, x, t)
@@ -231,9 +227,21 @@ def test_terms_given_as_a_function_returning_a_dict():
     assert list(report.terms) == ["data", "reg"]
     assert report.dominated == ()
     assert set(report.leaf_norms["reg"]) == {""}
-    assert is_loss_terms(terms, w, x, t)
-    assert is_loss_terms({"a": data_loss}, w, x, t)
-    assert not is_loss_terms(data_loss, w, x, t)
+
+
+def test_loss_terms_are_a_dict_and_only_check_loss_terms_takes_one():
+    # One way to do it: no function returning a dict, no dict given to check_grads.
+    w, x, t = _regression()
+
+    def terms(w, x, t):
+        return {"data": data_loss(w, x, t), "reg": 0.1 * jnp.sum(w**2)}
+
+    with pytest.raises(TypeError, match="must be a dict.*lambda p, \\*a, n=n"):
+        check_loss_terms(terms, w, x, t)
+    with pytest.raises(TypeError, match="`f` must be callable"):
+        check_grads({"data": data_loss}, w, x, t)
+    fixed = {n: (lambda p, *a, n=n: terms(p, *a)[n]) for n in ("data", "reg")}
+    assert check_loss_terms(fixed, w, x, t).passed
 
 
 def test_hand_written_term_gradient_missing_factor_two():
@@ -259,8 +267,10 @@ def test_loss_terms_rejects_bad_input():
         check_loss_terms({"data": data_loss}, w, x, t, grad_fn=data_loss)
     with pytest.raises(ValueError, match=r"\['nope'\]"):
         check_loss_terms({"data": data_loss}, w, x, t, grad_fns={"nope": data_loss})
-    with pytest.raises(TypeError, match="dict of scalar losses"):
+    with pytest.raises(TypeError, match="must be a dict"):
         check_loss_terms(data_loss, w, x, t)
+    with pytest.raises(ValueError, match="empty dict"):
+        check_loss_terms({}, w, x, t)
     with pytest.raises(ValueError, match="`dominance`"):
         check_loss_terms({"data": data_loss}, w, x, t, dominance=0.5)
 
@@ -313,16 +323,17 @@ def test_take_datapoints_errors(args, kwargs, match):
         take_datapoints(args, **kwargs)
 
 
-def test_check_few_datapoints_records_the_cut():
+def test_check_on_few_datapoints():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(64, 3)))
 
     def loss(w, x):
         return jnp.mean(jnp.tanh(x @ w) ** 2)
 
-    report = check_few_datapoints(loss, jnp.ones(3) * 0.1, x, k=2)
-    assert report.passed
-    assert report.notes[-1].startswith("few datapoints: checked on 2 of 64 examples")
+    (x2,), cut = take_datapoints((x,), k=2)
+    report = check_grads(loss, jnp.ones(3) * 0.1, x2)
+    assert report.passed and report.num_checked == 3
+    assert cut.describe().startswith("few datapoints: checked on 2 of 64 examples")
 
 
 # --------------------------------------------------------------------------- #
@@ -451,47 +462,48 @@ def test_protocol_notebook_executes_without_outputs_stored():
     assert "after burn-in: jaxcheck: gradient check FAILED" in text
     assert "loss-term check FAILED: data passed, reg FAILED, sum passed" in text
     assert "order 2: jaxcheck: second-order check FAILED" in text
+    assert "rev: jaxcheck: gradient check FAILED" in text
+    assert "fwd: jaxcheck: gradient check FAILED" in text
+    assert "custom_vjp cube: `f` cannot be checked in forward mode" in text
     assert "['W'][123, 45]" in text
 
 
 # --------------------------------------------------------------------------- #
-# run_protocol: what check_grads' protocol keywords dispatch to.
+# The whole protocol, composed: each step returns what the next one takes.
 # --------------------------------------------------------------------------- #
 
 
-def test_run_protocol_burn_in_and_datapoints_are_recorded():
+def test_datapoints_then_burn_in_then_check():
     w0, x, y = _svm_data()
-    plain = run_protocol(svm_loss, w0, x, y, grad_fn=svm_grad_every_margin_violated)
-    assert plain.passed and plain.notes == ()
-    report = run_protocol(
-        svm_loss, w0, x, y, grad_fn=svm_grad_every_margin_violated, burn_in=10,
-        burn_in_options={"learning_rate": 0.01}, datapoints=6,
-    )  # fmt: skip
+    bug = svm_grad_every_margin_violated
+    (x6, y6), cut = take_datapoints((x, y), 6)
+    assert cut.describe().startswith("few datapoints: checked on 6 of 12")
+    assert check_grads(svm_loss, w0, x6, y6, grad_fn=bug).passed  # at the init
+    result = run_burn_in(
+        svm_loss, w0, x6, y6, steps=10, learning_rate=0.01, grad_fn=bug
+    )  # follows the gradient under test, as training would
+    assert result.summary().startswith("burn-in: 10 steps of SGD")
+    report = check_grads(svm_loss, result.params, x6, y6, grad_fn=bug)
     assert not report.passed
-    assert report.notes[0].startswith("few datapoints: checked on 6 of 12")
-    assert report.notes[1].startswith("burn-in: 10 steps of SGD")
 
 
-def test_run_protocol_routes_terms_modes_and_order_two():
+def test_every_check_of_the_protocol_is_its_own_function():
     w, x, t = _regression()
-
-    def terms(w, x, t):
-        return {"data": data_loss(w, x, t), "reg": reg_loss_buggy(w, x, t)}
-
+    terms = {"data": data_loss, "reg": reg_loss_buggy}
     with pytest.warns(DominatedTermWarning):
-        report = run_protocol(terms, w, x, t, rtol=1e-4, grad_fn=None)
+        report = check_loss_terms(terms, w, x, t, rtol=1e-4)
     assert isinstance(report, LossTermsReport) and report.failed_terms == ("reg",)
-    both = run_protocol(data_loss, w, x, t, order=2, modes=("rev", "fwd"))
-    assert both.title == "protocol" and both.passed
-    assert set(both.reports) == {"rev", "fwd", "order 2"}
-    with pytest.raises(ValueError, match="`order` must be 1"):
-        run_protocol(data_loss, w, x, t, order=3)
-    with pytest.raises(ValueError, match="order=1"):
-        run_protocol(terms, w, x, t, order=2)
+    assert check_grads(data_loss, w, x, t).passed
+    assert check_forward_mode(data_loss, w, x, t).passed
+    assert check_second_order(data_loss, w, x, t).passed
+    with pytest.raises(TypeError, match="order"):
+        check_grads(data_loss, w, x, t, order=2)
+    with pytest.raises(TypeError, match="`f` must be callable"):
+        check_second_order(terms, w, x, t)  # terms: check_loss_terms only
     with pytest.raises(TypeError, match="grad_fns"):
-        run_protocol(terms, w, x, t, grad_fn=data_loss)
+        check_loss_terms(terms, w, x, t, grad_fn=data_loss)
     with pytest.raises(NondeterminismError):
-        run_protocol(
+        assert_deterministic(
             lambda w, x, t: data_loss(w, x, t) * np.random.default_rng().random(),
-            w, x, t, check_determinism=True,
+            w, x, t,
         )  # fmt: skip

@@ -2,9 +2,7 @@
 
 import json
 import math
-import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +23,6 @@ from jaxcheck.training import (
     check_regularization_raises_loss,
     load_digits,
     overfit_small_subset,
-    run_demo,
 )
 
 # Tolerance on the initial loss of a model with 1e-3-scale weights: scores are
@@ -379,31 +376,3 @@ def test_digits_split_is_deterministic():
     assert a.to_dict()["num_classes"] == 10
     with pytest.raises(ValueError, match="`val_fraction`"):
         load_digits(val_fraction=1.0)
-
-
-# --- the demo ---------------------------------------------------------------------
-
-
-def test_run_demo_writes_figures(tmp_path):
-    t0 = time.perf_counter()
-    text = run_demo(tmp_path / "figs", seed=0, epochs=2)
-    seconds = time.perf_counter() - t0
-    assert seconds < 20.0
-    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert names == sorted(
-        [
-            "accuracy.png",
-            "activations.png",
-            "first_layer_weights.png",
-            "loss_curve.png",
-            "overfit_subset.png",
-            "update_ratios.png",
-        ]
-    )
-    for name in names:
-        data = pathlib.Path(tmp_path / "figs" / name).read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
-    assert "[PASS] initial_loss (small init, softmax)" in text
-    assert "[FAIL] initial_loss (large init" in text
-    assert "[PASS] overfit_small_subset" in text
-    assert str((tmp_path / "figs").resolve()) in text

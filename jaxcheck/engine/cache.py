@@ -140,15 +140,12 @@ def clear_programs() -> None:
 def _code_version() -> str:
     """A digest of the source of the modules that build programs: a program on
     disk is never used by a different jaxcheck."""
-    here = pathlib.Path(__file__).resolve().parent
+    package = pathlib.Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in sorted([*here.glob("*.py"), *(here.parent / n for n in _BUILDERS)]):
-        if path.exists():
+    for path in sorted(package.rglob("*.py")):
+        if "training" not in path.relative_to(package).parts:
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-_BUILDERS = ("kinks.py", "propagate.py", "point.py")
 
 
 def program_key(key: str, layout: Any, dtype: Any) -> str:
@@ -217,8 +214,9 @@ def _warn_once(where: pathlib.Path, problem: str) -> None:
     )
 
 
-def load_executable(name: str) -> Any | None:
-    """The compiled program stored under ``name``, or ``None``.
+def load_executable(name: str) -> tuple[Any, dict] | None:
+    """The compiled program stored under ``name`` and the extras stored with it,
+    or ``None``.
 
     Examples:
       >>> load_executable("0" * 64) is None
@@ -235,7 +233,7 @@ def load_executable(name: str) -> Any | None:
     try:
         from jax.experimental import serialize_executable as ser
 
-        payload, in_tree, out_tree = pickle.loads(blob)
+        payload, in_tree, out_tree, extras = pickle.loads(blob)
         compiled = ser.deserialize_and_load(payload, in_tree, out_tree)
     except Exception:  # noqa: BLE001 - a stale or damaged entry: compile instead
         with contextlib.suppress(OSError):
@@ -244,12 +242,15 @@ def load_executable(name: str) -> Any | None:
     with contextlib.suppress(OSError):
         os.utime(path)
     _STATS["loaded"] += 1
-    return compiled
+    return compiled, extras
 
 
-def store_executable(name: str, compiled: Any, *, disk: bool = True) -> None:
-    """Counts a compilation and keeps ``compiled`` on disk under ``name``
-    (atomically; best effort; not when ``disk`` is False)."""
+def store_executable(
+    name: str, compiled: Any, *, disk: bool = True, extras: dict | None = None
+) -> None:
+    """Counts a compilation and keeps ``compiled`` (with picklable ``extras``,
+    what tracing the program found out) on disk under ``name`` (atomically;
+    best effort; not when ``disk`` is False)."""
     _STATS["compiled"] += 1
     where = cache_dir()
     if where is None or not disk:
@@ -257,7 +258,7 @@ def store_executable(name: str, compiled: Any, *, disk: bool = True) -> None:
     try:
         from jax.experimental import serialize_executable as ser
 
-        blob = pickle.dumps(ser.serialize(compiled))
+        blob = pickle.dumps((*ser.serialize(compiled), extras or {}))
     except Exception:  # noqa: BLE001 - not serialisable here: keep it in memory
         return
     try:

@@ -54,6 +54,57 @@ def jaxpr_bytes(jaxpr: Any) -> int:
     return total
 
 
+def _eqn_work(eqn: Any) -> int:
+    """Multiply-adds of a contraction, else the number of elements produced."""
+    out = sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+    name = eqn.primitive.name
+    if name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return out * max(1, math.prod(lhs[a] for a in lc))
+    if name == "conv_general_dilated":
+        rhs_spec = eqn.params["dimension_numbers"][1]
+        w = eqn.invars[1].aval.shape
+        return out * max(1, math.prod(w[a] for a in rhs_spec[1:]))
+    return out
+
+
+def jaxpr_work(jaxpr: Any) -> tuple[int, bool]:
+    """Estimated work of one evaluation of ``jaxpr`` (multiply-adds of dots and
+    convolutions, elements produced by everything else) and whether it is an
+    upper bound (no ``while`` loop, whose trip count is unknown, counted once).
+
+    Examples:
+      >>> jx = jax.make_jaxpr(lambda a, b: jnp.sum(jnp.tanh(a @ b)))
+      >>> jaxpr_work(jx(jnp.ones((4, 8)), jnp.ones((8, 3))).jaxpr)
+      (109, True)
+    """
+    total, bounded = 0, True
+    for eqn in jaxpr.eqns:
+        inner = [getattr(p, "jaxpr", p) for p in eqn.params.values()]
+        inner += [
+            getattr(b, "jaxpr", b)
+            for p in eqn.params.values()
+            if isinstance(p, tuple)
+            for b in p
+        ]
+        subs = [j for j in inner if hasattr(j, "eqns")]
+        if not subs:
+            total += _eqn_work(eqn)
+            continue
+        works = [jaxpr_work(j) for j in subs]
+        bounded = bounded and all(b for _, b in works)
+        name = eqn.primitive.name
+        if name == "cond":
+            total += max(w for w, _ in works)
+        elif name == "scan":
+            total += int(eqn.params.get("length", 1)) * sum(w for w, _ in works)
+        else:
+            total += sum(w for w, _ in works)
+            bounded = bounded and name != "while"
+    return total, bounded
+
+
 def bytes_per_coordinate(
     fn: Callable[..., Any],
     x_flat: jax.Array,

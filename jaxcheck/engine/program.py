@@ -270,6 +270,14 @@ class Program:
         with jax.enable_x64(self.dtype == np.float64):
             t0 = time.perf_counter()
             self._jitted = jax.jit(self._fn)
+            hit = _cache.load_executable(self.disk_key()) if self.on_disk else None
+            if hit is not None:
+                # Neither traced nor lowered: what tracing found is stored.
+                self.compiled, extras = hit
+                self.sites = tuple(extras["sites"])
+                self.from_disk = True
+                self.compile_seconds = time.perf_counter() - t0
+                return
             lowered = self._jitted.lower(*args)
             self.lower_seconds = time.perf_counter() - t0
             self.sites = tuple(self._site_box.get("sites", ()))
@@ -279,12 +287,10 @@ class Program:
                 self.compiled = "jit"
                 _cache.store_executable(self.disk_key(), None, disk=False)
                 return
-            compiled = _cache.load_executable(self.disk_key())
-            if compiled is None:
-                compiled = lowered.compile(dict(self.layout.options) or None)
-                _cache.store_executable(self.disk_key(), compiled)
-            else:
-                self.from_disk = True
+            compiled = lowered.compile(dict(self.layout.options) or None)
+            _cache.store_executable(
+                self.disk_key(), compiled, extras={"sites": list(self.sites)}
+            )
             self.compile_seconds = time.perf_counter() - t0
         self.compiled = compiled
 

@@ -31,6 +31,8 @@ from jaxcheck.training.curves import diagnose_accuracy as diagnose_accuracy
 from jaxcheck.training.curves import diagnose_loss_curve as diagnose_loss_curve
 from jaxcheck.training.data import Digits as Digits
 from jaxcheck.training.data import load_digits as load_digits
+from jaxcheck.training.demo import DemoResult as DemoResult
+from jaxcheck.training.demo import DemoVerdict as DemoVerdict
 from jaxcheck.training.demo import run_demo as run_demo
 from jaxcheck.training.first_layer import FirstLayerReport as FirstLayerReport
 from jaxcheck.training.first_layer import first_layer_tiles as first_layer_tiles
@@ -66,6 +68,8 @@ from jaxcheck.training.updates import (
 __all__ = (
     "AccuracyDiagnosis",
     "ActivationReport",
+    "DemoResult",
+    "DemoVerdict",
     "Digits",
     "FirstLayerReport",
     "LayerStats",

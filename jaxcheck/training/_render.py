@@ -16,7 +16,14 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["dataclass_to_dict", "fmt", "html_card", "html_table", "to_builtin"]
+__all__ = [
+    "count",
+    "dataclass_to_dict",
+    "fmt",
+    "html_card",
+    "html_table",
+    "to_builtin",
+]
 
 
 def to_builtin(value: Any) -> Any:
@@ -116,3 +123,13 @@ def fmt(x: float | None, spec: str = ".4g") -> str:
     if x is None:
         return "-"
     return format(float(x), spec)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, in the plural unless ``n`` is 1.
+
+    Examples:
+        >>> count(1, "layer"), count(3, "layer"), count(2, "leaf", "leaves")
+        ('1 layer', '3 layers', '2 leaves')
+    """
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

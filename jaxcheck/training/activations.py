@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcheck.training import _capture as _capture_mod
-from jaxcheck.training._render import dataclass_to_dict, fmt, html_card, html_table
+from jaxcheck.training._render import (
+    count,
+    dataclass_to_dict,
+    fmt,
+    html_card,
+    html_table,
+)
 
 __all__ = [
     "RECTIFIERS",
@@ -291,11 +297,16 @@ def activation_stats(
     if not stats:
         reason = "No tanh, sigmoid or ReLU (max(x, 0)) found in f; nothing to record."
     elif flagged:
+        needs = "needs" if len(flagged) == 1 else "need"
         reason = (
-            f"{len(flagged)} of {len(stats)} layers need a look: {', '.join(flagged)}."
+            f"{len(flagged)} of {count(len(stats), 'layer')} {needs} a look: "
+            f"{', '.join(flagged)}."
         )
     else:
-        reason = f"{len(stats)} layers recorded; no dead, saturated or collapsed layer."
+        reason = (
+            f"{count(len(stats), 'layer')} recorded; no dead, saturated or "
+            "collapsed layer."
+        )
     return ActivationReport(stats, not flagged, reason)
 
 

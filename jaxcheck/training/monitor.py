@@ -33,6 +33,12 @@ __all__ = ["MonitorSummary", "TrainingMonitor"]
 
 PyTree = Any
 
+#: Why a leaf that was all zeros at the first recorded update is not judged.
+_ZERO_INIT = (
+    "all zeros at the first recorded update (a bias initialised at 0): its "
+    "ratio falls like 1/steps whatever the learning rate"
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class MonitorSummary:
@@ -244,8 +250,15 @@ class TrainingMonitor:
         if last is not None:
             hist = {k: v[-int(last) :] for k, v in hist.items()}
         kwargs.setdefault("target", self.ratio_target)
-        exclude = set(kwargs.pop("exclude", ())) | set(self.zero_init_leaves)
-        return check_update_ratios(hist, exclude=sorted(exclude), **kwargs)
+        given = kwargs.pop("exclude", ())
+        exclude = (
+            dict(given)
+            if isinstance(given, Mapping)
+            else dict.fromkeys(given, "excluded by the caller")
+        )
+        for path in self.zero_init_leaves:
+            exclude.setdefault(path, _ZERO_INIT)
+        return check_update_ratios(hist, exclude=exclude, **kwargs)
 
     def summary(self) -> MonitorSummary:
         """All diagnoses at once."""

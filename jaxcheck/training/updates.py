@@ -18,7 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcheck.training._render import dataclass_to_dict, fmt, html_card, html_table
+from jaxcheck.training._render import (
+    count,
+    dataclass_to_dict,
+    fmt,
+    html_card,
+    html_table,
+)
 
 __all__ = [
     "LeafRatio",
@@ -206,8 +212,11 @@ class UpdateRatioReport:
             f"  {self.reason}",
         ]
         for leaf in self.leaves:
+            # Every verdict but "ok" says why (an undefined ratio is not judged).
+            why = "" if leaf.verdict == "ok" else f": {leaf.message}"
             lines.append(
-                f"    {leaf.path:<{width}}  {fmt(leaf.ratio, '.2e'):>9}  {leaf.verdict}"
+                f"    {leaf.path:<{width}}  {fmt(leaf.ratio, '.2e'):>9}  "
+                f"{leaf.verdict}{why}"
             )
         return "\n".join(lines)
 
@@ -231,7 +240,7 @@ def check_update_ratios(
     target: float = 1e-3,
     low: float | None = None,
     high: float | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] | Mapping[str, str] = (),
 ) -> UpdateRatioReport:
     """Judges update-to-parameter ratios against the ~1e-3 rule of thumb.
 
@@ -246,7 +255,8 @@ def check_update_ratios(
         target: The ratio to aim for.
         low: Ratios below are too low; default ``target / 10``.
         high: Ratios above are too high; default ``target * 10``.
-        exclude: Paths not to judge (reported as ``"undefined"``).
+        exclude: Paths not to judge (reported as ``"undefined"``), or a mapping
+            from such paths to why they are not judged (shown in the report).
 
     Returns:
         An :class:`UpdateRatioReport`.
@@ -268,9 +278,13 @@ def check_update_ratios(
             "`ratios` is empty; record updates with update_ratios(params, "
             "new_params) first."
         )
-    excluded = set(exclude)
+    excluded = (
+        {str(k): str(v) for k, v in exclude.items()}
+        if isinstance(exclude, Mapping)
+        else dict.fromkeys(exclude, "excluded by the caller")
+    )
     leaves = tuple(
-        _judge_leaf(path, value, path in excluded, lo, hi)
+        _judge_leaf(path, value, excluded.get(path, ""), lo, hi)
         for path, value in ratios.items()
     )
     verdict, reason = _overall_verdict(leaves, lo, hi)
@@ -279,18 +293,19 @@ def check_update_ratios(
 
 
 def _judge_leaf(
-    path: str, value: float | Sequence[float], excluded: bool, lo: float, hi: float
+    path: str, value: float | Sequence[float], excluded: str, lo: float, hi: float
 ) -> LeafRatio:
-    """The verdict on one leaf's median ratio."""
+    """The verdict on one leaf's median ratio (``excluded``: why it is not
+    judged, or ``""``)."""
     arr = np.asarray(value, dtype=np.float64).reshape(-1)
     finite = arr[np.isfinite(arr)]
     if excluded or finite.size == 0:
         shown = float(np.median(finite)) if finite.size else math.nan
         why = (
-            "not judged (excluded; a leaf initialised at zero has a ratio of "
-            "about 1/steps whatever the learning rate)"
+            f"{excluded}, so it is not judged"
             if excluded
-            else "zero parameter: the ratio is undefined (a bias at initialisation?)"
+            else "the parameter is all zeros at every recorded update, so "
+            "update/parameter has no denominator; not judged"
         )
         return LeafRatio(path, shown, "undefined", why)
     r = float(np.median(finite))
@@ -335,28 +350,48 @@ def _overall_verdict(
     elif counts["too_high"] and counts["too_low"]:
         verdict = "mixed"
         reason = (
-            f"{counts['too_high']} leaves update too fast and {counts['too_low']} "
-            "too slowly: their scales differ; consider per-leaf learning rates, "
-            "a different initialisation, or an adaptive optimiser."
+            f"{count(counts['too_high'], 'leaf', 'leaves')} "
+            f"update{'s' if counts['too_high'] == 1 else ''} too fast and "
+            f"{counts['too_low']} too slowly: their scales differ; consider "
+            "per-leaf learning rates, a different initialisation, or an adaptive "
+            "optimiser."
         )
     elif counts["too_high"]:
         verdict = "lr_too_high"
         reason = (
-            f"{counts['too_high']} of {judged} leaves have ratios above {hi:.0e}: "
-            "lower the learning rate."
+            f"{_some_of(counts['too_high'], judged)} above {hi:.0e}: lower the "
+            "learning rate."
         )
     elif counts["too_low"]:
         verdict = "lr_too_low"
         reason = (
-            f"{counts['too_low']} of {judged} leaves have ratios below {lo:.0e}: "
-            "raise the learning rate."
+            f"{_some_of(counts['too_low'], judged)} below {lo:.0e}: raise the "
+            "learning rate."
         )
     elif counts["frozen"]:
         verdict = "frozen"
-        reason = f"{counts['frozen']} leaves do not change at all."
+        reason = f"{_frozen(counts['frozen'])}."
     else:
         verdict = "ok"
-        reason = f"All {judged} judged leaves are within [{lo:.0e}, {hi:.0e}]."
+        reason = (
+            f"{'The' if judged == 1 else 'All'} "
+            f"{count(judged, 'judged leaf', 'judged leaves')} "
+            f"{'is' if judged == 1 else 'are'} within [{lo:.0e}, {hi:.0e}]."
+        )
     if counts["frozen"] and verdict != "frozen":
-        reason += f" {counts['frozen']} leaves do not change at all."
+        reason += f" {_frozen(counts['frozen'])}."
     return verdict, reason
+
+
+def _frozen(n: int) -> str:
+    return (
+        f"{count(n, 'leaf', 'leaves')} {'does' if n == 1 else 'do'} not change at all"
+    )
+
+
+def _some_of(n: int, judged: int) -> str:
+    """E.g. ``"2 of 3 judged leaves have ratios"``."""
+    leaves = "leaf" if judged == 1 else "leaves"
+    return (
+        f"{n} of {judged} judged {leaves} {'has a ratio' if n == 1 else 'have ratios'}"
+    )
