@@ -7,9 +7,9 @@ calls and ``scan`` bodies. With probes (zeros added to each recorded output) the
 gradient of a loss with respect to every recorded activation comes out of one
 ``jax.grad``.
 
-Internal to :mod:`jaxcheck.training` and kept apart on purpose: it is to be
-replaced by the package's shared interpreter. Import the module by name; its
-interface is :class:`Recorder` and :func:`eval_jaxpr`.
+A rule set on jaxcheck's one interpreter (:mod:`jaxcheck.interpret`): the
+calls it enters and the ``scan`` layout come from there. Import the module by
+name; its interface is :class:`Recorder` and :func:`eval_jaxpr`.
 """
 
 from __future__ import annotations
@@ -21,36 +21,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex_core
+
+from jaxcheck.interpret import (
+    CALLS,
+    Walker,
+    bind_eqn,
+    call_jaxpr,
+    is_literal,
+    run_scan,
+)
 
 __all__ = ["Recorder", "eval_jaxpr"]
 
-# Higher-order primitives whose sub-jaxpr computes exactly what the primitive does:
-# evaluating the sub-jaxpr instead changes nothing but what we can see.
-_TRANSPARENT_CALLS = frozenset(
-    {"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint"}
-)
-# Primitives with user-defined derivatives: bound as they are (so their rules are
-# used), and their sub-jaxpr is evaluated a second time only to record what is inside.
-_CUSTOM_CALLS = frozenset(
-    {"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
-)
-
-
-def _sub_jaxpr(eqn: Any) -> tuple[Any, Sequence[Any]] | None:
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        sub = eqn.params.get(key)
-        if sub is None:
-            continue
-        if hasattr(sub, "jaxpr") and hasattr(sub, "consts"):
-            return sub.jaxpr, sub.consts
-        if hasattr(sub, "eqns"):
-            return sub, ()
-    return None
-
 
 def _is_zero_literal(atom: Any) -> bool:
-    if not isinstance(atom, jex_core.Literal):
+    if not is_literal(atom):
         return False
     try:
         return bool(np.all(np.asarray(atom.val) == 0))
@@ -65,21 +50,23 @@ _NAMED_ACTIVATIONS = frozenset(
 )
 
 
-def _named_activation(eqn: Any) -> str | None:
-    name = eqn.params.get("name") if eqn.primitive.name in _TRANSPARENT_CALLS else None
-    if name not in _NAMED_ACTIVATIONS:
-        return None
+def _is_float_out(eqn: Any) -> bool:
     dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+
+
+def _named_activation(eqn: Any) -> str | None:
+    call = CALLS.get(eqn.primitive.name)
+    name = eqn.params.get("name") if call is not None and not call.custom else None
+    if name not in _NAMED_ACTIVATIONS or not _is_float_out(eqn):
         return None
     return str(name)
 
 
 def _site_kind(eqn: Any) -> str | None:
-    name = eqn.primitive.name
-    dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    if not _is_float_out(eqn):
         return None  # integer max(i, 0) is bookkeeping, not an activation
+    name = eqn.primitive.name
     if name == "tanh":
         return "tanh"
     if name == "logistic":
@@ -120,6 +107,76 @@ class Recorder:
         return value
 
 
+class _Capture(Walker):
+    """The recording rule set: values are ``(array, site id or None)``."""
+
+    def __init__(self, rec: Recorder, probing: bool) -> None:
+        self.rec = rec
+        self.probing = probing
+
+    def literal(self, value: Any) -> tuple[Any, None]:
+        return (value, None)
+
+    def constant(self, value: Any) -> tuple[Any, None]:
+        return (value, None)
+
+    def equation(self, eqn: Any, ins: list, frame: Any) -> list:
+        manager = getattr(getattr(eqn, "ctx", None), "manager", None)
+        with manager if manager is not None else contextlib.nullcontext():
+            named = _named_activation(eqn)
+            if named is None:
+                return super().equation(eqn, ins, frame)
+            # One layer, evaluated as it is (its insides are not recorded).
+            outs = bind_eqn(eqn, [v for v, _ in ins])
+            idx, outs[0] = self.rec.add(named, outs[0], self.probing)
+            return [(outs[0], idx), *((o, None) for o in outs[1:])]
+
+    def call(self, eqn: Any, ins: list, frame: Any) -> list:
+        if not CALLS[eqn.primitive.name].custom:
+            # Entered afresh: a site is an output of the equation that made it.
+            return super().call(eqn, [(v, None) for v, _ in ins], frame)
+        # User-defined derivatives: bound as they are (so their rules are used),
+        # the called jaxpr evaluated a second time only to record what is inside.
+        vals = [v for v, _ in ins]
+        outs = bind_eqn(eqn, vals)
+        inner, consts = call_jaxpr(eqn)
+        frozen = [jax.lax.stop_gradient(v) for v in vals]
+        _, ids = eval_jaxpr(inner, consts, frozen, self.rec, False)
+        for i, idx in enumerate(ids):
+            if idx is not None:
+                outs[i] = self.rec.attach(idx, outs[i], self.probing)
+        return list(zip(outs, ids, strict=True))
+
+    def default(self, eqn: Any, ins: list, frame: Any) -> list:
+        outs = bind_eqn(eqn, [v for v, _ in ins])
+        kind = _site_kind(eqn)
+        if kind is None:
+            return [(o, None) for o in outs]
+        idx, outs[0] = self.rec.add(kind, outs[0], self.probing)
+        return [(outs[0], idx), *((o, None) for o in outs[1:])]
+
+    def _scan(self, eqn: Any, ins: list, frame: Any) -> list:
+        """A ``scan`` with its body evaluated by the recording interpreter: the
+        nonlinearities inside come out as extra outputs, stacked over the steps,
+        and are recorded as layers of shape ``(length, ...)`` (without
+        gradients)."""
+        body = eqn.params["jaxpr"]
+        inner_kinds: list[str] = []
+
+        def step(*args: Any) -> tuple[list, list]:
+            inner = Recorder(None)
+            outs, _ = eval_jaxpr(body.jaxpr, body.consts, list(args), inner, False)
+            inner_kinds[:] = inner.kinds
+            return outs, inner.values
+
+        outs, recorded = run_scan(eqn, [v for v, _ in ins], step)
+        for kind, value in zip(inner_kinds, recorded, strict=True):
+            self.rec.add(kind, value, False)
+        return [(o, None) for o in outs]
+
+    rules = {"scan": _scan}
+
+
 def eval_jaxpr(
     jaxpr: Any,
     consts: Sequence[Any],
@@ -136,91 +193,5 @@ def eval_jaxpr(
         >>> rec.kinds, outs[0].shape
         (['relu', 'tanh'], (3,))
     """
-    env: dict[Any, Any] = {}
-    site_of: dict[Any, int] = {}
-
-    def read(atom):
-        return atom.val if isinstance(atom, jex_core.Literal) else env[atom]
-
-    for var, val in zip(jaxpr.constvars, consts, strict=True):
-        env[var] = val
-    for var, val in zip(jaxpr.invars, args, strict=True):
-        env[var] = val
-
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        sub = _sub_jaxpr(eqn)
-        manager = getattr(getattr(eqn, "ctx", None), "manager", None)
-        named = _named_activation(eqn)
-        with manager if manager is not None else contextlib.nullcontext():
-            if named is not None:
-                # One layer, evaluated as it is (its insides are not recorded).
-                bind_params = eqn.primitive.get_bind_params(eqn.params)
-                outs = list(eqn.primitive.bind(*invals, **bind_params))
-                ids = [None] * len(outs)
-                ids[0], outs[0] = rec.add(named, outs[0], probing)
-            elif name == "scan" and sub is not None:
-                outs, ids = _eval_scan(eqn, sub, invals, rec)
-            elif name in _TRANSPARENT_CALLS and sub is not None:
-                outs, ids = eval_jaxpr(sub[0], sub[1], invals, rec, probing)
-            elif name in _CUSTOM_CALLS and sub is not None:
-                bind_params = eqn.primitive.get_bind_params(eqn.params)
-                outs = eqn.primitive.bind(*invals, **bind_params)
-                outs = list(outs) if eqn.primitive.multiple_results else [outs]
-                frozen = [jax.lax.stop_gradient(v) for v in invals]
-                _, ids = eval_jaxpr(sub[0], sub[1], frozen, rec, False)
-                for i, idx in enumerate(ids):
-                    if idx is not None:
-                        outs[i] = rec.attach(idx, outs[i], probing)
-            else:
-                bind_params = eqn.primitive.get_bind_params(eqn.params)
-                ans = eqn.primitive.bind(*invals, **bind_params)
-                outs = list(ans) if eqn.primitive.multiple_results else [ans]
-                kind = _site_kind(eqn)
-                ids = [None] * len(outs)
-                if kind is not None:
-                    ids[0], outs[0] = rec.add(kind, outs[0], probing)
-        for var, val, idx in zip(eqn.outvars, outs, ids, strict=True):
-            env[var] = val
-            if idx is not None:
-                site_of[var] = idx
-    outs = [read(v) for v in jaxpr.outvars]
-    out_ids = [
-        None if isinstance(v, jex_core.Literal) else site_of.get(v)
-        for v in jaxpr.outvars
-    ]
-    return outs, out_ids
-
-
-def _eval_scan(
-    eqn: Any, sub: tuple[Any, Sequence[Any]], invals: list[Any], rec: Recorder
-) -> tuple[list[Any], list[int | None]]:
-    """Runs a ``scan`` with its body evaluated by the recording interpreter: the
-    nonlinearities inside come out as extra outputs, stacked over the steps, and
-    are recorded as layers of shape ``(length, ...)`` (without gradients)."""
-    body, body_consts = sub
-    num_consts, num_carry = eqn.params["num_consts"], eqn.params["num_carry"]
-    consts = invals[:num_consts]
-    init = invals[num_consts : num_consts + num_carry]
-    xs = invals[num_consts + num_carry :]
-    inner_kinds: list[str] = []
-
-    def step(carry: list[Any], x: list[Any]) -> tuple[list[Any], tuple]:
-        inner = Recorder(None)
-        outs, _ = eval_jaxpr(body, body_consts, [*consts, *carry, *x], inner, False)
-        inner_kinds[:] = inner.kinds
-        return outs[:num_carry], (outs[num_carry:], inner.values)
-
-    carry, (ys, recorded) = jax.lax.scan(
-        step,
-        list(init),
-        list(xs),
-        length=eqn.params["length"],
-        reverse=eqn.params["reverse"],
-        unroll=eqn.params.get("unroll", 1),
-    )
-    for kind, value in zip(inner_kinds, recorded, strict=True):
-        rec.add(kind, value, False)
-    outs = [*carry, *ys]
-    return outs, [None] * len(outs)
+    outs = _Capture(rec, probing).run(jaxpr, consts, [(a, None) for a in args])
+    return [v for v, _ in outs], [i for _, i in outs]
