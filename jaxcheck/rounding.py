@@ -16,6 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
+from .interpret import call_jaxpr, is_call
+
 #: Roundings charged to one transcendental operation (exp, log, tanh, erf...):
 #: XLA's vectorised approximations are accurate to a few ulps, not to 1/2.
 TRANSCENDENTAL_ROUNDINGS = 4
@@ -32,19 +34,6 @@ EXACT = frozenset(
 
 #: Correctly rounded arithmetic (one rounding per operation).
 ARITHMETIC = frozenset("add add_any sub mul div sqrt rsqrt square integer_pow".split())
-
-#: Call-like primitives whose body maps inputs and outputs one to one, and the
-#: parameter that holds it: the slice of a leaf's gradient goes inside them.
-CALLS: dict[str, str] = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "checkpoint": "jaxpr",
-    "remat": "jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-}
 
 #: The rounding models: how roundings combine into an error bound.
 ROUNDING_MODELS = ("random", "worst")
@@ -162,7 +151,7 @@ def _body_counts(eqn: Any, ctx: Context) -> Counts:
             "a while loop: its trip count is unknown, so its body's roundings are "
             "counted once"
         )
-    elif name not in CALLS:
+    elif not is_call(eqn):
         ctx.remarks.add(
             f"{name}: its body's roundings are counted once (a kernel's grid or a "
             "map's repetitions are not seen)"
@@ -191,8 +180,7 @@ def _slice(jaxpr: Any, out_live: Sequence[bool], ctx: Context) -> tuple:
         outs = [v in live for v in eqn.outvars]
         if not any(outs):
             continue
-        body = eqn.params.get(CALLS.get(eqn.primitive.name, ""))
-        body = getattr(body, "jaxpr", body)
+        body = call_jaxpr(eqn)[0] if is_call(eqn) else None
         if body is not None and len(body.invars) == len(eqn.invars):
             sub, in_live = _slice(body, outs, ctx)
             counts += sub
@@ -298,12 +286,9 @@ def noisy_eval(
     env.update(zip(jaxpr.invars, args, strict=True))
     for eqn in jaxpr.eqns:
         ins = [read(a) for a in eqn.invars]
-        body = eqn.params.get(CALLS.get(eqn.primitive.name, ""))
-        if body is not None and len(getattr(body, "jaxpr", body).invars) == len(ins):
-            inner_consts = getattr(body, "consts", [])
-            outs = noisy_eval(
-                getattr(body, "jaxpr", body), inner_consts, ins, noise, u, ctx
-            )
+        body, inner_consts = call_jaxpr(eqn) if is_call(eqn) else (None, [])
+        if body is not None and len(body.invars) == len(ins):
+            outs = noisy_eval(body, inner_consts, ins, noise, u, ctx)
         else:
             outs = eqn.primitive.bind(*ins, **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
