@@ -568,12 +568,15 @@ class GradCheckReport(Rendered):
         for leaf in leaves if worst else ():
             if leaf.passed and not (leaf.num_untestable or leaf.num_inconclusive):
                 continue
-            title = "worst" if not leaf.passed else _unresolved_title(leaf)
-            lines.append(f"  {title} coordinates of {leaf.path or '(root)'}:")
-            for c in leaf.worst:
-                if leaf.passed and c.verdict not in ("untestable", "inconclusive"):
-                    continue
-                lines.append(_coord_line(leaf, c))
+            shown = [
+                c
+                for c in leaf.worst
+                if not leaf.passed or c.verdict in ("untestable", "inconclusive")
+            ]
+            if shown:
+                title = "worst" if not leaf.passed else _unresolved_title(leaf)
+                lines.append(f"  {title} coordinates of {leaf.path or '(root)'}:")
+                lines += [_coord_line(leaf, c) for c in shown]
         lines += [f"  note: {note}" for note in self.notes]
         return Doc(self.headline(), lines, ok=self.passed)
 

@@ -40,9 +40,11 @@ def leaf_report(
         np.isin(code, (compare.OK, compare.WRONG)) & np.isfinite(rel) & ~s.flat[mine]
     )
     valid = rel[scored]
-    order = np.lexsort(
-        (-np.nan_to_num(rel, nan=-1.0), -(code == compare.WRONG).astype(np.int8))
-    )
+    # Wrong coordinates first, then those neither confirmed nor refuted, each
+    # by relative error: a passing leaf shows its unresolved coordinates.
+    unresolved = np.isin(code, (compare.UNTESTABLE, compare.INCONCLUSIVE))
+    rank = np.where(code == compare.WRONG, 0, np.where(unresolved, 1, 2))
+    order = np.lexsort((-np.nan_to_num(rel, nan=-1.0), rank))
     non_kink = [j for j in order if code[j] != compare.KINK]
     crossed = [j for j in order if s.kink[mine[j]] and code[j] != compare.WRONG]
     crossed.sort(key=lambda j: code[j] != compare.KINK)
@@ -192,7 +194,8 @@ def notes_of(check: Any, leaves: list[LeafReport], s: judge.State) -> list[str]:
     if analysis.sites and not opts.track_kinks:
         notes.append(
             "winner tracking is off (`track_kinks=False`): a coordinate that crosses "
-            "a kink shows up as a large error."
+            "a kink is not recognised as one; it shows up as a large error unless "
+            "smaller steps avoid the kink."
         )
     eps = float(jnp.finfo(check.point.dtype).eps)
     floor = max((r.noise for r in leaves if math.isfinite(r.noise)), default=math.nan)

@@ -30,6 +30,7 @@ from .state import (
     NAN_GRADIENT,
     NOISE_POINTS,
     NONFINITE,
+    ROUGH,
     ROUNDOFF,
     SD_MARGIN,
     UNDERSAMPLED,
@@ -174,6 +175,13 @@ class _One:
     @property
     def undersampled(self) -> bool:
         return math.isfinite(self.noise_ratio) and self.noise_ratio >= UNDERSAMPLED
+
+    @property
+    def rough(self) -> bool:
+        """Whether the measured noise of ``f`` is far above its round-off
+        (see :data:`ROUGH`)."""
+        floor = self.eps * max(abs(self.f0), 1e-300)
+        return math.isfinite(self.sigma) and self.sigma > ROUGH * floor
 
     def allow(self, weight: float, scale: float, low: bool = False) -> float:
         """The round-off allowance of an estimate: the measured noise of ``f``
@@ -370,6 +378,8 @@ class _One:
             return None
         if self.stage == 1 and not self._one_plateau():
             return None
+        if self.stage == 2 and self.rough:
+            return None  # the deep ladder's finer steps decide
         for e, b, where, converged in sorted(pairs, key=lambda p: p[0].step):
             # Steps across 0 (where gammaln, digamma, logit, cbrt... have their
             # poles) are no evidence in the quick stage: the full ladder adds

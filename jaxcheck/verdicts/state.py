@@ -51,6 +51,12 @@ LINEARITY = 10.0
 UNDERSAMPLED = 1e-2
 #: Standard deviations of round-off added to the spread of a pair of estimates.
 SD_MARGIN = 4.0
+#: ``f`` is rough at the scale of its noise lines where its measured noise
+#: exceeds this many times its round-off (``eps |f|``): an oscillation faster than
+#: the steps (``sici``, ``fresnel`` at a huge argument) looks like noise there, and
+#: steps across it see a smoothed ``f``. Such a coordinate is not called wrong
+#: from the full ladder; the deep ladder's finer steps must confirm it.
+ROUGH = 1e4
 
 #: Why a non-finite analytic value where ``f`` is finite is wrong.
 NAN_GRADIENT = (
