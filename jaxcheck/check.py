@@ -503,29 +503,54 @@ class _Check:
         """Follow-ups: a quick stage (five steps) for the coordinates outside
         the bar; then the full ladder and the noise lines for what is left;
         then a deep ladder (down to ``1e-10 h``) for what is still open."""
-        gidx = self.gidx[keep]
         quick = np.flatnonzero(s.reason == judge.CONFIRM)
         rest = np.flatnonzero(~np.isin(s.reason, (judge.NONE, judge.CONFIRM)))
         if len(quick):
             p = judge.plan(s, quick, stage=1, eps=self.eps_f)
-            res = self.run_rows(gidx[p.sel][p.coord], p.deltas)
+            values, words = self.follow_rows(keep, p)
             still = judge.follow_up(
-                s, p, res.dense, res.dense_words, w0, self.f0, self.eps_f,
-                self.bar.noise_factor,
-            )  # fmt: skip
+                s, p, values, words, w0, self.f0, self.eps_f, self.bar.noise_factor
+            )
             rest = np.sort(np.concatenate([rest, still]))
         for stage in (2, 3):
             if not len(rest):
                 break
             p = judge.plan(s, rest, stage=stage, eps=self.eps_f)
-            res = self.run_rows(gidx[p.sel][p.coord], p.deltas)
+            values, words = self.follow_rows(keep, p)
             rest = judge.follow_up(
-                s, p, res.dense, res.dense_words, w0, self.f0, self.eps_f,
-                self.bar.noise_factor,
-            )  # fmt: skip
+                s, p, values, words, w0, self.f0, self.eps_f, self.bar.noise_factor
+            )
         domain = np.flatnonzero(s.code == judge.DOMAIN)
         if len(domain):
             self.domain_error(s, keep, domain)
+
+    def follow_rows(self, keep: np.ndarray, p: judge.Plan) -> tuple:
+        """The values (and decision words) of a follow-up's rows. A row of a
+        leaf with an untracked propagated block, ``(x + d, x - d)``, goes
+        through that block (a window instead of a whole evaluation of ``f``);
+        the others through the dense rows. Returns ``(values (R, 2), words)``."""
+        rows_g = self.gidx[keep][p.sel][p.coord]
+        layout = self.program.layout
+        if layout.tracked or not layout.prop:
+            res = self.run_rows(rows_g, p.deltas)
+            return res.dense, res.dense_words
+        block = np.full(len(self.point.leaves), -1)
+        for k, b in self.prop_of.items():
+            block[k] = b
+        b = block[self.leaf_of[keep][p.sel][p.coord]]
+        local = self.idx[keep][p.sel][p.coord]
+        use = (b >= 0) & (p.deltas[:, 0] == -p.deltas[:, 1])
+        dense = np.flatnonzero(~use)
+        streams = [
+            (local[use & (b == j)], p.deltas[use & (b == j), 0])
+            for j in range(len(layout.prop))
+        ]
+        res = self.run_rows(rows_g[dense], p.deltas[dense], streams)
+        values = np.empty((len(rows_g), 2))
+        values[dense] = res.dense[: len(dense)]
+        for j in range(len(layout.prop)):
+            values[use & (b == j)] = res.prop[j][0]
+        return values, None
 
     def domain_error(self, s: judge.State, keep: np.ndarray, bad: np.ndarray) -> None:
         leaf_of, idx = self.leaf_of[keep], self.idx[keep]

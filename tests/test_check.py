@@ -392,8 +392,38 @@ def test_propagation_used_and_same_verdicts_as_dense(monkeypatch):
     assert not dense.leaf("[0]['W']").propagated
     assert "propagated through linear consumers for: [0]['W']" in str(fast)
     for a, b in zip(fast.leaves, dense.leaves, strict=True):
-        assert (a.num_ok, a.num_wrong) == (b.num_ok, b.num_wrong)
+        # Propagation sums in another order: a coordinate whose gradient is at
+        # the round-off level of f may be ok in one and untestable in the other
+        # (benchmarks/README.md: 6 of 79,510 on the 784-100-10 MLP), never wrong.
+        assert (a.num_wrong, a.num_inconclusive) == (b.num_wrong, b.num_inconclusive)
+        assert a.num_ok + a.num_untestable == b.num_ok + b.num_untestable
+        assert abs(a.num_ok - b.num_ok) <= max(1, a.num_checked // 1000)
         nb = {c.index: c.numeric for c in b.worst}
         for c in a.worst:
             if c.index in nb:  # equal up to round-off eps*|f|/h
                 assert c.numeric == pytest.approx(nb[c.index], rel=0, abs=1e-9)
+
+
+def test_follow_ups_of_a_propagated_leaf_go_through_its_block_and_agree(monkeypatch):
+    # A bug of 1e-5 relative sits outside the 1e-7 bar: every coordinate of W
+    # needs a follow-up ladder; in the propagated check those rows are windows.
+    monkeypatch.setattr(jaxcheck.propagate, "MIN_DENSE_WORK", 0)
+    params = examples.mlp_init((60, 16, 10), seed=5)
+    x, y = examples.classification_batch(8, 60, 10)
+
+    def bad(p, x, y):
+        g = jax.grad(examples.mlp_loss)(p, x, y)
+        g[0]["W"] = g[0]["W"] * (1 + 1e-5)
+        return g
+
+    fast = jaxcheck.check_grads(examples.mlp_loss, params, x, y, grad_fn=bad)
+    dense = jaxcheck.check_grads(
+        examples.mlp_loss, params, x, y, grad_fn=bad, propagate=False
+    )
+    leaf = fast.leaf("[0]['W']")
+    assert leaf.propagated and not dense.leaf("[0]['W']").propagated
+    assert [r.path for r in fast.failures] == [r.path for r in dense.failures]
+    assert [r.path for r in fast.failures] == ["[0]['W']"]
+    assert abs(leaf.num_wrong - dense.leaf("[0]['W']").num_wrong) <= 2
+    assert leaf.num_wrong >= 0.9 * leaf.num_checked
+    assert all("stable across steps" in c.resolution for c in leaf.worst)
