@@ -55,6 +55,7 @@ import _common as C  # noqa: E402
 
 import jaxcheck  # noqa: E402
 from jaxcheck import engine, examples, propagate  # noqa: E402
+from jaxcheck.engine import leaf as engine_leaf  # noqa: E402
 
 try:
     import torch
@@ -370,7 +371,7 @@ def compare_numbers(f, params, args, *, sample: int) -> list[dict]:
         h = jnp.asarray(STEP)
         fpd, fmd = (
             np.asarray(v).reshape(-1)[:m]
-            for v in engine._block_jit(fn, x, blk, h, dp, da)
+            for v in engine_leaf._block_jit(fn, x, blk, h, dp, da)
         )
         fpp, fmp = (
             np.asarray(v).reshape(-1)[:m]
