@@ -297,3 +297,22 @@ def test_a_private_reach_is_found(tmp_path):
         ("jaxcheck.training", "_render"),
         ("jaxcheck.training._render", "fmt"),
     }
+
+
+def test_no_module_over_800_lines_and_no_function_over_100_lines_of_code():
+    root = PACKAGE
+    long_modules, long_functions = [], []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 800:
+            long_modules.append(str(path.relative_to(root)))
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            if ast.get_docstring(node) is not None:  # a docstring is not code
+                doc = node.body[0]
+                lines -= doc.end_lineno - doc.lineno + 1
+            if lines > 100:
+                long_functions.append(f"{path.relative_to(root)}:{node.name} ({lines})")
+    assert long_modules == [] and long_functions == []
