@@ -147,29 +147,32 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
-def git_state() -> str:
-    """``HEAD`` of the checkout and whether ``jaxcheck/`` has local changes."""
+def git_revision(short: bool = True) -> tuple[str, bool] | None:
+    """``(HEAD, whether jaxcheck/ has local changes)`` of the checkout, or None
+    outside git."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", *cmd], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "jaxcheck"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", *(["--short"] if short else []), "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", "jaxcheck"))
     except (OSError, subprocess.CalledProcessError):
+        return None
+    return head, dirty
+
+
+def git_state() -> str:
+    """``HEAD`` of the checkout and whether ``jaxcheck/`` has local changes."""
+    rev = git_revision()
+    if rev is None:
         return "git n/a"
-    return f"jaxcheck at {head}" + (" + local changes" if dirty else "")
+    return f"jaxcheck at {rev[0]}" + (" + local changes" if rev[1] else "")
 
 
 def machine_info() -> str:

@@ -319,24 +319,12 @@ def median(values: list[float]) -> float | None:
 
 
 def git_head() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "jaxcheck"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    import _common as C
+
+    rev = C.git_revision(short=False)
+    if rev is None:
         return "n/a"
-    return head + (" (+ local changes in jaxcheck/)" if dirty else "")
+    return rev[0] + (" (+ local changes in jaxcheck/)" if rev[1] else "")
 
 
 def loadavg() -> list[float] | None:

@@ -1,18 +1,18 @@
 """Feeding rows to a check's program: calls, padding, processes, Ctrl-C.
 
 A check asks for *streams* of rows: the dense rows ``(i, d_0, d_1)`` (any
-coordinate of any leaf) and, in the main pass, the rows of each propagated
-block ``(i, h)``. :func:`run` cuts every stream into calls of the program's
-capacity (all streams advance together, one call at a time), pads the last
-call, and returns every row's results in order. In a multi-process cluster
-each process runs an equal share of every stream and the results are
-exchanged bit for bit. Ctrl-C between calls raises
-:class:`jaxcheck.engine.Interrupted` carrying the rows finished so far.
+coordinate of any leaf) and the rows of each propagated block ``(i, h)`` (in
+the main pass, and in follow-ups for rows ``(x + d, x - d)``). :func:`run`
+cuts every stream into calls of the program's capacity (all streams advance
+together, one call at a time), pads the last call, and returns every row's
+results in order. In a multi-process cluster each process runs an equal share
+of every stream and the results are exchanged bit for bit. Ctrl-C between
+calls raises :class:`jaxcheck.engine.Interrupted` carrying the rows finished
+so far.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,28 +20,11 @@ import jax
 import numpy as np
 
 from . import cluster
-from .program import Program
+from .program import Outputs, Program
 
-
-@dataclasses.dataclass
-class Results:
-    """Every row's results, in order.
-
-    Attributes:
-      value: ``f`` at the point (NaN unless the main call was made).
-      grads: the analytic gradient per checked leaf (flat), or ``None``.
-      dense: ``(R, 2)`` values of the dense rows.
-      dense_words: ``(R, 2, S)`` decision words (``None`` when untracked).
-      dense_changed: ``(R, S)`` decisions that differ between a row's points.
-      prop: per propagated block, ``(values (R_b, 2), words, changed)``.
-    """
-
-    value: float
-    grads: list[np.ndarray] | None
-    dense: np.ndarray
-    dense_words: np.ndarray | None
-    dense_changed: np.ndarray | None
-    prop: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+#: Every row's results, in order: the same fields as one call's outputs
+#: (:class:`jaxcheck.engine.program.Outputs`), over all calls.
+Results = Outputs
 
 
 def _pad(block: np.ndarray, rows: int) -> np.ndarray:

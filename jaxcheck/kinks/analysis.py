@@ -18,7 +18,6 @@ import numpy as np
 from ..interpret import (
     Walker,
     call_jaxpr,
-    call_name,
     location,
     scan_operands,
     while_operands,
@@ -109,10 +108,7 @@ class _Analysis(Walker):
 
     def call(self, eqn: Any, ins: list, frame: Frame) -> list:
         inner, consts = call_jaxpr(eqn)
-        sub = Frame(
-            inner, [v in frame.rel for v in eqn.outvars], call_name(eqn) or frame.ctx,
-            frame.within, frame.where, [frame.facts.flags(a) for a in eqn.invars],
-        )  # fmt: skip
+        sub = frame.enter(eqn, inner)
         outs = self._run(inner, consts, [d for d, _ in ins], [k for _, k in ins], sub)
         frame.facts.seed(eqn.outvars, sub.out_flags)
         return outs

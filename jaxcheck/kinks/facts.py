@@ -241,5 +241,13 @@ class Frame:
         (``depends``) and an output is relevant."""
         return depends and any(v in self.rel for v in eqn.outvars)
 
+    def enter(self, eqn: Any, inner: Any) -> Frame:
+        """The frame of the jaxpr ``inner`` that the call ``eqn`` enters: its
+        relevant outputs, name and location, and the facts about its inputs."""
+        return Frame(
+            inner, [v in self.rel for v in eqn.outvars], call_name(eqn) or self.ctx,
+            self.within, self.where, [self.facts.flags(a) for a in eqn.invars],
+        )  # fmt: skip
+
     def finish(self, jaxpr: Any) -> None:
         self.out_flags = [self.facts.flags(v) for v in jaxpr.outvars]

@@ -22,7 +22,6 @@ from ..interpret import (
     Walker,
     bind_eqn,
     call_jaxpr,
-    call_name,
     location,
     run_scan,
     run_while,
@@ -214,10 +213,7 @@ class _Evaluator(Walker):
 
     def call(self, eqn: Any, ins: list, frame: Frame) -> list:
         inner, consts = call_jaxpr(eqn)
-        sub = Frame(
-            inner, [v in frame.rel for v in eqn.outvars], call_name(eqn) or frame.ctx,
-            frame.within, frame.where, [frame.facts.flags(a) for a in eqn.invars],
-        )  # fmt: skip
+        sub = frame.enter(eqn, inner)
         outs = self.run(inner, consts, ins, sub)
         sub.finish(inner)
         frame.facts.seed(eqn.outvars, sub.out_flags)
