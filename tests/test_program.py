@@ -162,6 +162,10 @@ SCRIPT = textwrap.dedent(
     """
     import json, jax, numpy as np, jaxcheck
     from jaxcheck import examples
+    # First in the process: a program that calls LAPACK, loaded from disk
+    # before anything else has lowered a LAPACK call.
+    a = np.random.default_rng(0).standard_normal((3, 3)) + 3 * np.eye(3)
+    s = jaxcheck.check_grads(lambda a: jax.numpy.linalg.solve(a, a[0]).sum(), a)
     params = examples.mlp_init((4, 6, 3), seed=2)
     x, y = examples.classification_batch(4, 4, 3, seed=1)
     r = jaxcheck.check_grads(lambda p, x, y: examples.mlp_loss(p, x, y), params, x, y)
@@ -173,7 +177,8 @@ SCRIPT = textwrap.dedent(
     cb = jaxcheck.check_grads(lambda w: jax.numpy.sum(host_sin(w)),
                               np.linspace(0.1, 1.0, 3))
     print(json.dumps({"mlp": r.compilation, "mlp_passed": r.passed,
-                      "callback": cb.compilation, "callback_passed": cb.passed}))
+                      "callback": cb.compilation, "callback_passed": cb.passed,
+                      "solve": s.compilation, "solve_passed": s.passed}))
     """
 )
 
@@ -197,7 +202,11 @@ def test_programs_are_kept_on_disk_for_the_next_process(tmp_path):
     # callbacks: compiled again in every process, never loaded.
     assert first["callback_passed"] and second["callback_passed"]
     assert second["callback"]["loaded"] == 0
-    assert len(list(tmp_path.glob("*.jxc"))) == 1
+    # A loaded program that calls LAPACK runs (its kernels are readied first;
+    # without that, this process died of a segmentation fault).
+    assert first["solve_passed"] and second["solve_passed"]
+    assert second["solve"]["loaded"] == 1
+    assert len(list(tmp_path.glob("*.jxc"))) == 2
     assert np.all([p.stat().st_size > 0 for p in tmp_path.glob("*.jxc")])
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import pathlib
 import pickle
+import re
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -239,10 +240,44 @@ def load_executable(name: str) -> tuple[Any, dict] | None:
         with contextlib.suppress(OSError):
             path.unlink()
         return None
+    prepare_custom_calls(extras.get("custom_calls"))
     with contextlib.suppress(OSError):
         os.utime(path)
     _STATS["loaded"] += 1
     return compiled, extras
+
+
+_TARGET = re.compile(r'custom_call @"?([\w.$-]+)|call_target_name = "([^"]+)"')
+
+
+def custom_call_targets(module_text: str) -> list[str]:
+    """The custom-call targets a lowered program calls, sorted.
+
+    Examples:
+      >>> custom_call_targets("%0:3 = stablehlo.custom_call @lapack_dgetrf_ffi(%arg0)")
+      ['lapack_dgetrf_ffi']
+    """
+    return sorted({a or b for a, b in _TARGET.findall(module_text)})
+
+
+def prepare_custom_calls(targets: list[str] | None) -> None:
+    """Readies the kernels behind ``targets`` (``None``: not known) before a
+    program loaded from disk runs.
+
+    Lowering a program that calls LAPACK (``jnp.linalg.solve``, ``eigh``, ...)
+    on a CPU points jaxlib's LAPACK kernels at SciPy's; a program loaded from
+    disk was never lowered in this process, and running it before anything
+    else did would call through null pointers (a segmentation fault).
+
+    Examples:
+      >>> prepare_custom_calls([])  # nothing to ready
+    """
+    if targets is not None and not any(t.startswith("lapack_") for t in targets):
+        return
+    with contextlib.suppress(ImportError, AttributeError):
+        from jax._src.lib import lapack
+
+        lapack._lapack.initialize()
 
 
 def store_executable(

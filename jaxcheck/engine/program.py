@@ -288,9 +288,11 @@ class Program:
                 _cache.store_executable(self.disk_key(), None, disk=False)
                 return
             compiled = lowered.compile(dict(self.layout.options) or None)
-            _cache.store_executable(
-                self.disk_key(), compiled, extras={"sites": list(self.sites)}
-            )
+            extras = {
+                "sites": list(self.sites),
+                "custom_calls": _cache.custom_call_targets(lowered.as_text()),
+            }
+            _cache.store_executable(self.disk_key(), compiled, extras=extras)
             self.compile_seconds = time.perf_counter() - t0
         self.compiled = compiled
 
