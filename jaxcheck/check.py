@@ -175,18 +175,22 @@ class _Check:
         c_sds = [
             jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)) for v in self.consts_p
         ]
-        work, bounded = memory.jaxpr_work(point.primal.jaxpr)
+        # A while loop's trip count is unknown until it runs: guessed.
+        _, bounded = memory.jaxpr_work(point.primal.jaxpr)
+        guess = memory.work_estimate(point.primal.jaxpr)
         for k, leaf in enumerate(point.leaves):
             n = len(self.selections[k]) * mults
             if not opts.propagate:
                 self.plans[k] = "off (propagate=False)"
                 continue
             leaf_tracked = tracked and analysis.leaf_sites.get(k, 0) > 0
-            if bounded and n * work * (1 + leaf_tracked) < _propagate.MIN_DENSE_WORK:
+            if n * guess * (1 + leaf_tracked) < _propagate.MIN_DENSE_WORK:
                 # Planning costs a trace; it cannot pay for a second program.
+                size = "at most" if bounded else "about"
+                loops = "" if bounded else f" ({memory.LOOP_TRIPS_GUESS} trips a loop)"
                 self.plans[k] = (
-                    f"not propagated: too small: {n:,} coordinates x at most "
-                    f"{work * (1 + leaf_tracked):,} work < "
+                    f"not propagated: too small: {n:,} coordinates x {size} "
+                    f"{int(guess * (1 + leaf_tracked)):,} work{loops} < "
                     f"{_propagate.MIN_DENSE_WORK:.0e} in all"
                 )
                 continue
@@ -224,7 +228,7 @@ class _Check:
         evaluations = 2 * (dense_rows + sum(b.chunk * b.chunks for b in prop)) + 3
         lay = Layout(
             grad=True, tracked=tracked, chunk=chunk, chunks=chunks, prop=tuple(prop),
-            options=memory.compile_options(device.platform, work * evaluations, bounded),
+            options=memory.compile_options(device.platform, guess * evaluations),
         )  # fmt: skip
         key = (point.key, lay, str(point.dtype), cluster.num_shards())
         stats0 = _cache.stats()

@@ -427,3 +427,30 @@ def test_follow_ups_of_a_propagated_leaf_go_through_its_block_and_agree(monkeypa
     assert abs(leaf.num_wrong - dense.leaf("[0]['W']").num_wrong) <= 2
     assert leaf.num_wrong >= 0.9 * leaf.num_checked
     assert all("stable across steps" in c.resolution for c in leaf.worst)
+
+
+def test_a_small_check_with_a_while_loop_is_not_planned_and_compiles_quickly():
+    # A while loop's trip count is unknown before it runs: it is guessed at
+    # memory.LOOP_TRIPS_GUESS trips, so a small leaf skips the propagation
+    # planner (a whole trace) and the program gets the quick CPU options.
+    from jaxcheck.engine import cache, memory
+
+    def f(w):
+        def step(c):
+            return c[0] + 1, jnp.tanh(c[1] @ w)
+
+        return jax.lax.while_loop(lambda c: c[0] < 3, step, (0, jnp.ones(3)))[1].sum()
+
+    def bad_grad(w):  # planted: the gradient of the first step only
+        return jax.grad(lambda w: jnp.tanh(jnp.ones(3) @ w).sum())(w)
+
+    w = np.linspace(-0.5, 0.5, 9).reshape(3, 3)
+    # Reverse mode cannot go through a while loop; forward mode can.
+    report = jaxcheck.check_grads(f, w, grad_fn=jax.jacfwd(f), seed=0)
+    assert report.passed
+    text = report.leaves[0].propagation
+    assert text.startswith("not propagated: too small: 9 coordinates x about ")
+    assert f"({memory.LOOP_TRIPS_GUESS} trips a loop)" in text
+    layout = list(cache._PROGRAMS)[-1][1]  # the program last used
+    assert dict(layout.options)["xla_backend_optimization_level"] == 0
+    assert not jaxcheck.check_grads(f, w, grad_fn=bad_grad, seed=0).passed

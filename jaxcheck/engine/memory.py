@@ -69,6 +69,29 @@ def _eqn_work(eqn: Any) -> int:
     return out
 
 
+#: The trip count guessed for a ``while`` loop, whose trip count is unknown
+#: until it runs, where a cost must be estimated before (see
+#: :func:`work_estimate`).
+LOOP_TRIPS_GUESS = 100
+
+
+def work_estimate(jaxpr: Any) -> float:
+    """:func:`jaxpr_work`, with a ``while`` loop guessed to run
+    :data:`LOOP_TRIPS_GUESS` times: the cost that decides how to plan and
+    compile a check.
+
+    Examples:
+      >>> def f(x):
+      ...     step = lambda c: (c[0] + 1, c[1] * 2)
+      ...     return jax.lax.while_loop(lambda c: c[0] < 5, step, (0, x))[1]
+      >>> jx = jax.make_jaxpr(f)(jnp.ones(8)).jaxpr
+      >>> jaxpr_work(jx), work_estimate(jx)
+      ((10, False), 1000.0)
+    """
+    work, bounded = jaxpr_work(jaxpr)
+    return float(work if bounded else work * LOOP_TRIPS_GUESS)
+
+
 def jaxpr_work(jaxpr: Any) -> tuple[int, bool]:
     """Estimated work of one evaluation of ``jaxpr`` (multiply-adds of dots and
     convolutions, elements produced by everything else) and whether it is an
@@ -230,19 +253,23 @@ QUICK_COMPILE_WORK = 2.5e8
 LIGHT_COMPILE_WORK = 1e11
 
 
-def compile_options(platform: str, work: float, bounded: bool) -> tuple:
+def compile_options(platform: str, work: float) -> tuple:
     """XLA options for a check program: quicker compilation for CPU checks
-    whose work is known (no ``while`` loop) and small enough.
+    whose (estimated, see :func:`work_estimate`) work is small enough.
+
+    With ``while`` loops (optimistix, diffrax, lineax's CG; 1,000-10,000 work
+    guessed) the check program compiled 0.3-0.9 s faster at level 0 than at
+    XLA's defaults, and ran as fast.
 
     Examples:
-      >>> compile_options("cpu", 1e6, True)
+      >>> compile_options("cpu", 1e6)
       (('xla_backend_optimization_level', 0), ('xla_cpu_use_fusion_emitters', False))
-      >>> compile_options("cpu", 1e9, True)
+      >>> compile_options("cpu", 1e9)
       (('xla_backend_optimization_level', 1), ('xla_cpu_use_fusion_emitters', False))
-      >>> compile_options("cpu", 1e12, True), compile_options("gpu", 1e6, True)
+      >>> compile_options("cpu", 1e12), compile_options("gpu", 1e6)
       ((), ())
     """
-    if platform != "cpu" or not bounded or work >= LIGHT_COMPILE_WORK:
+    if platform != "cpu" or work >= LIGHT_COMPILE_WORK:
         return ()
     level = 0 if work < QUICK_COMPILE_WORK else 1
     return (

@@ -269,7 +269,9 @@ class Program:
         args = self._place(self._example_args(consts_p, consts_g, dyn))
         with jax.enable_x64(self.dtype == np.float64):
             t0 = time.perf_counter()
-            self._jitted = jax.jit(self._fn)
+            self._jitted = jax.jit(
+                self._fn, compiler_options=dict(self.layout.options) or None
+            )
             hit = _cache.load_executable(self.disk_key()) if self.on_disk else None
             if hit is not None:
                 # Neither traced nor lowered: what tracing found is stored.
