@@ -52,7 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcheck.engine.memory import compile_options
 from jaxcheck.examples import mlp_loss, softmax_loss
+
+# The ground truth's own programs (not jaxcheck's) are compiled with the XLA
+# options jaxcheck gives a check this small on a CPU: they run once.
+QUICK = dict(compile_options(jax.default_backend(), 0.0)) or None
 
 PyTree = Any
 
@@ -104,12 +109,12 @@ class Case:
     def analytic_grad(self) -> PyTree:
         """The gradient under test (the hand-written one, or ``jax.grad(f)``)."""
         fn = jax.grad(self.f) if self.grad_fn is None else self.grad_fn
-        return jax.jit(fn)(self.params, *self.args)
+        return jax.jit(fn, compiler_options=QUICK)(self.params, *self.args)
 
     def true_grad(self) -> PyTree:
         """The correct gradient: ``jax.grad`` of the rule-free reference."""
         ref = self.f if self.reference is None else self.reference
-        return jax.jit(jax.grad(ref))(self.params, *self.args)
+        return jax.jit(jax.grad(ref), compiler_options=QUICK)(self.params, *self.args)
 
 
 # ---------------------------------------------------------------------------

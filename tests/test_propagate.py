@@ -15,6 +15,7 @@ from jax import lax
 
 import jaxcheck
 from jaxcheck import engine, examples, propagate
+from jaxcheck.engine.memory import compile_options
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -46,7 +47,13 @@ def _dense_block(fn, x_flat, idx_block, step, dyn_params, dyn_args):
     return jax.lax.map(jax.vmap(one), idx_block)
 
 
-_dense_jit = jax.jit(_dense_block, static_argnums=0)
+# Both sides compiled with the XLA options jaxcheck gives a check program this
+# small on a CPU (quick to compile; the programs run once).
+QUICK = dict(compile_options(jax.default_backend(), 0.0)) or None
+_dense_jit = jax.jit(_dense_block, static_argnums=0, compiler_options=QUICK)
+_propagated_jit = jax.jit(
+    propagate.propagated_block, static_argnums=0, compiler_options=QUICK
+)
 
 
 def _blocks(n, chunk=16, max_coords=None, seed=0):
@@ -72,7 +79,7 @@ def _compare(f, params, *args, step=1e-4, max_coords=None, min_leaves=1, only=No
         )
         fpp, fmp = (
             np.asarray(v).reshape(-1)[: len(idx)]
-            for v in propagate._propagated_block_jit(fn, x, block, h, dp, da)
+            for v in _propagated_jit(fn, x, block, h, dp, da)
         )
         scale = max(np.abs(fpd).max(), np.abs(fmd).max(), 1e-300)
         # Round-off only: a few eps of |f| (elementwise steps are bit-identical,

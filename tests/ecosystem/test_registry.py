@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxcheck.engine.memory import compile_options
+
 from . import (  # noqa: F401  (importing a case module registers its cases)
     cases_equinox,
     cases_flax,
@@ -33,6 +35,10 @@ from ._registry import (
 )
 
 cases = pytest.mark.parametrize("case", REGISTRY, ids=lambda c: c.name)
+
+# XLA options that compile quickly on a CPU (as jaxcheck compiles small checks):
+# these programs run once, on a few hundred numbers.
+QUICK = dict(compile_options(jax.default_backend(), 0.0)) or None
 
 # A planted bug must change its leaves' gradient by more than this (relative,
 # over the leaf); the smallest registered one changes its leaf by ~4%
@@ -72,9 +78,10 @@ def test_twins_are_what_they_claim(case, built):
         _, _, g_buggy = on_floats(f_buggy, params)
         assert bad_leaf_paths is None or set(bad_leaf_paths) <= set(paths)
         # One compilation per twin: value and gradient together.
-        vg_correct = jax.jit(jax.value_and_grad(g_correct))
+        vg_correct = jax.jit(jax.value_and_grad(g_correct), compiler_options=QUICK)
         value, grad_correct = vg_correct(floats, *args)
-        value_buggy, grad_buggy = jax.jit(jax.value_and_grad(g_buggy))(floats, *args)
+        vg_buggy = jax.jit(jax.value_and_grad(g_buggy), compiler_options=QUICK)
+        value_buggy, grad_buggy = vg_buggy(floats, *args)
         value = float(value)
         assert np.isfinite(value)
         assert rel(value, float(value_buggy)) <= same_tol
