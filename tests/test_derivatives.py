@@ -17,6 +17,7 @@ from jaxcheck.derivatives import (
     DirectionsReport,
     ForwardModeUnsupportedError,
     MultiPointReport,
+    _blocks,
     check_directions,
     check_forward_mode,
     check_jacobian,
@@ -27,6 +28,7 @@ from jaxcheck.derivatives import (
     miss_probability,
     stack_points,
 )
+from jaxcheck.engine import memory
 
 # --------------------------------------------------------------------------- #
 # Second order.
@@ -283,6 +285,11 @@ def test_check_jacobian_finds_a_wrong_custom_vjp_entry():
     assert report.num_wrong == 1
     assert report.leaves[0].worst[0].index == (3, 3)
     assert report.headline().startswith("jaxcheck: Jacobian check FAILED")
+    # A check this small is compiled with the quick CPU options, as a
+    # gradient check's program is (see memory.compile_options).
+    quick = memory.compile_options(jax.default_backend(), 0.0)
+    assert quick in _blocks._fd_columns_jit.variants
+    assert quick in _blocks._jacrev_full_jit.variants
 
 
 # --------------------------------------------------------------------------- #

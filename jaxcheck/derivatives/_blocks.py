@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import compare, tree
+from ..engine import memory
 from ..report import GradCheckReport, LeafReport
 from ._common import (
     _BATCH_BUDGET,
@@ -56,7 +57,7 @@ def _fd_columns(
     return jax.vmap(one)(idx)
 
 
-_fd_columns_jit = jax.jit(_fd_columns, static_argnums=(0, 1, 2))
+_fd_columns_jit = memory.tiered_jit(_fd_columns, static_argnums=(0, 1, 2))
 
 
 def _jvp_columns(
@@ -80,7 +81,7 @@ def _jvp_columns(
     return jax.vmap(one)(idx)
 
 
-_jvp_columns_jit = jax.jit(_jvp_columns, static_argnums=(0, 1, 2))
+_jvp_columns_jit = memory.tiered_jit(_jvp_columns, static_argnums=(0, 1, 2))
 
 
 def _vjp_rows(
@@ -105,7 +106,7 @@ def _vjp_rows(
     return jax.vmap(one)(idx)
 
 
-_vjp_rows_jit = jax.jit(_vjp_rows, static_argnums=(0, 1, 2))
+_vjp_rows_jit = memory.tiered_jit(_vjp_rows, static_argnums=(0, 1, 2))
 
 
 def _jacrev_full(
@@ -120,7 +121,7 @@ def _jacrev_full(
     return jax.jacrev(g)([dyn_params[k] for k in in_idx])
 
 
-_jacrev_full_jit = jax.jit(_jacrev_full, static_argnums=(0, 1))
+_jacrev_full_jit = memory.tiered_jit(_jacrev_full, static_argnums=(0, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +192,7 @@ def _leaf_columns(
     chunk: int,
     step: float,
     n_out: int,
+    options: tuple = (),
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """``f(x + h e_i)``, ``f(x - h e_i)`` and the analytic column for every
     selected coordinate ``i`` of checked leaf ``n_in``: one ``(len(indices),
@@ -207,11 +209,13 @@ def _leaf_columns(
         block = np.full(chunk, part[0], dtype=np.int32)
         block[: len(part)] = part
         idx = jnp.asarray(block)
-        plus, minus = _fd_columns_jit(out_fn, a, info.shape, x_flat, idx, h, dp, da)
+        plus, minus = _fd_columns_jit(options)(
+            out_fn, a, info.shape, x_flat, idx, h, dp, da
+        )
         if analytic == "jvp":
-            an = _jvp_columns_jit(out_fn, a, info.shape, idx, dp, da)
+            an = _jvp_columns_jit(options)(out_fn, a, info.shape, idx, dp, da)
         elif analytic == "vjp_rows":
-            an = _vjp_rows_jit(out_fn, n_in, point.checked_dyn, idx, dp, da)
+            an = _vjp_rows_jit(options)(out_fn, n_in, point.checked_dyn, idx, dp, da)
         else:
             an = [analytic[k][n_in][:, block].T for k in range(n_out)]
         for dst, src in zip(parts, (plus, minus, an), strict=True):
@@ -250,6 +254,10 @@ def _check_blocks(
     report per block (output leaf, checked input leaf)."""
     dp, da = point.dyn_params, point.dyn_args
     outs0 = _value_jit(out_fn, dp, da)
+    # XLA options by the work of every evaluation, as a check program's.
+    evaluations = 4 * sum(len(selections[info.pos]) for info in point.checked) + 1
+    work = memory.work_estimate(jax.make_jaxpr(out_fn)(dp, da).jaxpr)
+    options = memory.compile_options(jax.default_backend(), work * evaluations)
     out_shapes = [tuple(np.shape(o)) for o in outs0]
     out_sizes = [int(np.size(o)) for o in outs0]
     maxabs = [float(np.max(np.abs(o))) if np.size(o) else 0.0 for o in outs0]
@@ -258,7 +266,9 @@ def _check_blocks(
     if analytic == "jacrev":
         how = [
             [np.asarray(blk, np.float64).reshape(out_sizes[k], -1) for blk in row]
-            for k, row in enumerate(_jacrev_full_jit(out_fn, point.checked_dyn, dp, da))
+            for k, row in enumerate(
+                _jacrev_full_jit(options)(out_fn, point.checked_dyn, dp, da)
+            )
         ]
     reports: list[LeafReport] = []
     for n_in, info in enumerate(point.checked):
@@ -266,7 +276,7 @@ def _check_blocks(
         indices = selections[info.pos]
         c = max(1, min(chunk, _pow2_floor(len(indices))))
         fps, fms, ans = _leaf_columns(
-            out_fn, point, n_in, indices, how, c, step, len(outs0)
+            out_fn, point, n_in, indices, how, c, step, len(outs0), options
         )
         x_host = np.asarray(dp[point.dyn_pos[info.pos]]).reshape(-1)[indices]
         h_real = ((x_host + step) - (x_host - step))[:, None]

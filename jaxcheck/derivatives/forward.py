@@ -129,7 +129,7 @@ class _ForwardGrad:
                     part = idx[lo : lo + c]
                     block = np.full(c, part[0], dtype=np.int32)
                     block[: len(part)] = part
-                    (col,) = _jvp_columns_jit(
+                    (col,) = _jvp_columns_jit(())(
                         out_fn, a, info.shape, jnp.asarray(block), dp, da
                     )
                     vals.append(np.asarray(col, np.float64).reshape(-1)[: len(part)])

@@ -253,6 +253,31 @@ QUICK_COMPILE_WORK = 2.5e8
 LIGHT_COMPILE_WORK = 1e11
 
 
+class tiered_jit:  # noqa: N801 - used like jax.jit
+    """``tiered_jit(fun, **jit_kwargs)(options)``: ``fun`` jitted with the XLA
+    ``options`` of :func:`compile_options`, one jitted function (and cache of
+    compilations) per set of options, kept in ``variants``.
+
+    Examples:
+      >>> square = tiered_jit(lambda x: x * x)
+      >>> float(square(compile_options("cpu", 1e3))(3.0)), square(()) is square(())
+      (9.0, True)
+      >>> len(square.variants)
+      2
+    """
+
+    def __init__(self, fun: Callable[..., Any], **jit_kwargs: Any):
+        self.fun, self.jit_kwargs = fun, jit_kwargs
+        self.variants: dict[tuple, Any] = {}
+
+    def __call__(self, options: tuple) -> Any:
+        if options not in self.variants:
+            self.variants[options] = jax.jit(
+                self.fun, compiler_options=dict(options) or None, **self.jit_kwargs
+            )
+        return self.variants[options]
+
+
 def compile_options(platform: str, work: float) -> tuple:
     """XLA options for a check program: quicker compilation for CPU checks
     whose (estimated, see :func:`work_estimate`) work is small enough.
