@@ -202,6 +202,8 @@ def test_programs_are_kept_on_disk_for_the_next_process(tmp_path):
     # callbacks: compiled again in every process, never loaded.
     assert first["callback_passed"] and second["callback_passed"]
     assert second["callback"]["loaded"] == 0
+    # Its compilation is timed as compiling, not as evaluating.
+    assert first["callback"]["programs"] == 1 and first["callback"]["compiling"] > 0
     # A loaded program that calls LAPACK runs (its kernels are readied first;
     # without that, this process died of a segmentation fault).
     assert first["solve_passed"] and second["solve_passed"]

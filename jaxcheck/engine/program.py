@@ -269,7 +269,7 @@ class Program:
         args = self._place(self._example_args(consts_p, consts_g, dyn))
         with jax.enable_x64(self.dtype == np.float64):
             t0 = time.perf_counter()
-            self._jitted = jax.jit(
+            jitted = jax.jit(
                 self._fn, compiler_options=dict(self.layout.options) or None
             )
             hit = _cache.load_executable(self.disk_key()) if self.on_disk else None
@@ -280,21 +280,20 @@ class Program:
                 self.from_disk = True
                 self.compile_seconds = time.perf_counter() - t0
                 return
-            lowered = self._jitted.lower(*args)
+            lowered = jitted.lower(*args)
             self.lower_seconds = time.perf_counter() - t0
             self.sites = tuple(self._site_box.get("sites", ()))
             t0 = time.perf_counter()
-            if not self.on_disk:
-                # Compiled on the first call, by jit (see ``run``).
-                self.compiled = "jit"
-                _cache.store_executable(self.disk_key(), None, disk=False)
-                return
             compiled = lowered.compile(dict(self.layout.options) or None)
-            extras = {
-                "sites": list(self.sites),
-                "custom_calls": _cache.custom_call_targets(lowered.as_text()),
-            }
-            _cache.store_executable(self.disk_key(), compiled, extras=extras)
+            if self.on_disk:
+                extras = {
+                    "sites": list(self.sites),
+                    "custom_calls": _cache.custom_call_targets(lowered.as_text()),
+                }
+                _cache.store_executable(self.disk_key(), compiled, extras=extras)
+            else:
+                # It calls back into this process: kept in memory only.
+                _cache.store_executable(self.disk_key(), compiled, disk=False)
             self.compile_seconds = time.perf_counter() - t0
         self.compiled = compiled
 
@@ -338,7 +337,7 @@ class Program:
                 out = jax.device_get(self.compiled(*args))
         else:
             with _x64_everywhere(self.dtype == np.float64):
-                out = jax.device_get(self._jitted(*args))
+                out = jax.device_get(self.compiled(*args))
         value, grads = float("nan"), None
         if "vg" in out:
             value = float(out["vg"][0])
