@@ -282,9 +282,9 @@ def compile_options(platform: str, work: float) -> tuple:
     """XLA options for a check program: quicker compilation for CPU checks
     whose (estimated, see :func:`work_estimate`) work is small enough.
 
-    With ``while`` loops (optimistix, diffrax, lineax's CG; 1,000-10,000 work
-    guessed) the check program compiled 0.3-0.9 s faster at level 0 than at
-    XLA's defaults, and ran as fast.
+    With ``while`` loops (the optimistix and diffrax cases of ``tests/ecosystem``:
+    6e4-1.2e5 work guessed per evaluation) the check program compiled and ran
+    0.6-1.2 s faster at level 0 than at XLA's defaults, and ran as fast warm.
 
     Examples:
       >>> compile_options("cpu", 1e6)
