@@ -176,8 +176,8 @@ class _Check:
             jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)) for v in self.consts_p
         ]
         # A while loop's trip count is unknown until it runs: guessed.
-        _, bounded = memory.jaxpr_work(point.primal.jaxpr)
-        guess = memory.work_estimate(point.primal.jaxpr)
+        work, bounded = memory.jaxpr_work(point.primal.jaxpr)
+        guess = memory.work_estimate(work, bounded)
         for k, leaf in enumerate(point.leaves):
             n = len(self.selections[k]) * mults
             if not opts.propagate:

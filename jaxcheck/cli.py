@@ -218,18 +218,20 @@ def _load(target: str) -> tuple:
     return tuple(problem)
 
 
-def _step(text: str) -> float | str:
-    if text == "auto":
-        return text
+def _positive(text: str, expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f'expected a positive number or "auto", got {text!r}'
-        )
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _step(text: str) -> float | str:
+    if text == "auto":
+        return text
+    return _positive(text, 'a positive number or "auto"')
 
 
 def _coords(text: str) -> int | str:
@@ -247,15 +249,7 @@ def _coords(text: str) -> int | str:
 
 
 def _rtol(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f"expected a positive relative-error bar such as 1e-6, got {text!r}"
-        )
-    return value
+    return _positive(text, "a positive relative-error bar such as 1e-6")
 
 
 def _first_line(err: BaseException) -> str:

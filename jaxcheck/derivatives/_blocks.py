@@ -256,7 +256,9 @@ def _check_blocks(
     outs0 = _value_jit(out_fn, dp, da)
     # XLA options by the work of every evaluation, as a check program's.
     evaluations = 4 * sum(len(selections[info.pos]) for info in point.checked) + 1
-    work = memory.work_estimate(jax.make_jaxpr(out_fn)(dp, da).jaxpr)
+    # The trace of the call above, from jit's cache: nothing is traced again.
+    traced = _value_jit.trace(out_fn, dp, da).jaxpr.jaxpr
+    work = memory.work_estimate(*memory.jaxpr_work(traced))
     options = memory.compile_options(jax.default_backend(), work * evaluations)
     out_shapes = [tuple(np.shape(o)) for o in outs0]
     out_sizes = [int(np.size(o)) for o in outs0]

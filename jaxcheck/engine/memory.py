@@ -75,8 +75,8 @@ def _eqn_work(eqn: Any) -> int:
 LOOP_TRIPS_GUESS = 100
 
 
-def work_estimate(jaxpr: Any) -> float:
-    """:func:`jaxpr_work`, with a ``while`` loop guessed to run
+def work_estimate(work: int, bounded: bool) -> float:
+    """What :func:`jaxpr_work` returned, with a ``while`` loop guessed to run
     :data:`LOOP_TRIPS_GUESS` times: the cost that decides how to plan and
     compile a check.
 
@@ -84,11 +84,10 @@ def work_estimate(jaxpr: Any) -> float:
       >>> def f(x):
       ...     step = lambda c: (c[0] + 1, c[1] * 2)
       ...     return jax.lax.while_loop(lambda c: c[0] < 5, step, (0, x))[1]
-      >>> jx = jax.make_jaxpr(f)(jnp.ones(8)).jaxpr
-      >>> jaxpr_work(jx), work_estimate(jx)
+      >>> found = jaxpr_work(jax.make_jaxpr(f)(jnp.ones(8)).jaxpr)
+      >>> found, work_estimate(*found)
       ((10, False), 1000.0)
     """
-    work, bounded = jaxpr_work(jaxpr)
     return float(work if bounded else work * LOOP_TRIPS_GUESS)
 
 

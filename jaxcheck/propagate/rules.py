@@ -390,29 +390,27 @@ def _reduce_sum(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     axes = tuple(eqn.params["axes"])
     if not _linear(loc.dtype):
         return _reduction(ctx, eqn, ins, out_base)
-    keep = [a for a in range(loc.ndim) if a not in axes]
-    patch = _bind(eqn, [ctx.deltas(loc)])
-    return ctx.make(
-        out_base,
-        [loc.starts[a] for a in keep],
-        [loc.sizes[a] for a in keep],
-        patch,
-        True,
-    )
+    return _reduced(ctx, loc, axes, _bind(eqn, [ctx.deltas(loc)]), out_base, True)
 
 
 def _reduction(ctx: _Ctx, eqn: _Eqn, ins: Sequence[Any], out_base: Any) -> Any:
     (loc,) = ins
     axes = tuple(eqn.params["axes"])
     loc = ctx.widen(loc, axes)
+    return _reduced(ctx, loc, axes, _bind(eqn, [ctx.vals(loc)]), out_base, False)
+
+
+def _reduced(
+    ctx: _Ctx, loc: Any, axes: tuple, patch: Any, out_base: Any, delta: bool
+) -> Any:
+    """The window of a reduction over ``axes`` of ``loc``: its other axes."""
     keep = [a for a in range(loc.ndim) if a not in axes]
-    patch = _bind(eqn, [ctx.vals(loc)])
     return ctx.make(
         out_base,
         [loc.starts[a] for a in keep],
         [loc.sizes[a] for a in keep],
         patch,
-        False,
+        delta,
     )
 
 
