@@ -339,13 +339,16 @@ def prepare(
         grad = None
         if with_grad:
             pos = [leaf.input_pos for leaf in leaves]
+            # Differentiate the primal jaxpr, not `f` again: its custom rules
+            # are in it (as under `jax.jit`), and `f`'s Python runs once.
+            primal_fun = jcore.jaxpr_as_fun(primal)
 
             def value_and_grad(values: list) -> Any:
                 def of_checked(checked: list) -> Any:
                     full = list(values)
                     for k, v in zip(pos, checked, strict=True):
                         full[k] = v
-                    return g(full)
+                    return primal_fun(*full)[0]
 
                 return jax.value_and_grad(of_checked)([values[k] for k in pos])
 
