@@ -227,15 +227,17 @@ class Program:
             theta = jnp.concatenate([dyn[p].reshape(-1) for p in sources])
 
             def row(i: jax.Array, d: jax.Array) -> Any:
-                a = inputs_at(dyn, theta.at[i].add(d[0]))
-                b = inputs_at(dyn, theta.at[i].add(d[1]))
                 if layout.tracked:
+                    a = inputs_at(dyn, theta.at[i].add(d[0]))
+                    b = inputs_at(dyn, theta.at[i].add(d[1]))
                     v, w, c, sites = kinks.evaluate_pair(primal, pc, a, b, sources)
                     site_box["sites"] = sites
                     return v, w, c
-                va = jax.core.eval_jaxpr(primal, pc, *a)[0]
-                vb = jax.core.eval_jaxpr(primal, pc, *b)[0]
-                return jnp.stack([va, vb])
+                # Both points in one batched evaluation: `f` is compiled once.
+                pair = jnp.stack([theta.at[i].add(d[0]), theta.at[i].add(d[1])])
+                return jax.vmap(
+                    lambda th: jax.core.eval_jaxpr(primal, pc, *inputs_at(dyn, th))[0]
+                )(pair)
 
             out["dense"] = _chunks(row, d_idx, d_delta, d_n)
             props = []
