@@ -385,7 +385,8 @@ def evaluate_pair(
       jaxpr: the jaxpr of a scalar function.
       consts: values of its constvars.
       args_a: its inputs at the first point.
-      args_b: its inputs at the second point.
+      args_b: its inputs at the second point; only those at ``sources`` may
+        differ from ``args_a`` (the others are taken from ``args_a``).
       sources: positions of the perturbed inputs.
 
     Returns:
@@ -400,19 +401,35 @@ def evaluate_pair(
       >>> v.tolist(), c.tolist(), sites[0].primitive
       ([3.0, 3.0], [1], 'abs')
     """
-    evs = []
-    for args in (args_a, args_b):
-        dep = [False] * len(args)
-        for k in sources:
-            dep[k] = True
+    moved = sorted(set(sources))
+    dep = [k in moved for k in range(len(args_a))]
+    box: dict[str, Any] = {}
+
+    def one(values: list) -> tuple:
+        # Only the perturbed inputs differ between the two points; the others
+        # are shared, so `f` is traced and compiled once for both.
+        args = list(args_a)
+        for k, v in zip(moved, values, strict=True):
+            args[k] = v
         ev = _Evaluator()
-        ev.outs = ev.evaluate(
-            jaxpr, consts, list(args), dep, [True] * len(jaxpr.outvars)
-        )
-        evs.append(ev)
-    values = jnp.stack([evs[0].outs[0], evs[1].outs[0]])
-    words = jnp.stack([_stack_words(ev.words) for ev in evs])
-    return values, words, changed_decisions(evs[0], evs[1]), tuple(evs[0].sites)
+        outs = ev.evaluate(jaxpr, consts, args, dep, [True] * len(jaxpr.outvars))
+        box["sites"], box["nested"] = tuple(ev.sites), [d is None for d in ev.decisions]
+        known = [d for d in ev.decisions if d is not None]
+        return outs[0], _stack_words(ev.words), known
+
+    if moved:
+        both = [jnp.stack([args_a[k], args_b[k]]) for k in moved]
+        values, words, known = jax.vmap(one)(both)
+    else:  # nothing is perturbed: the two points are one
+        values, words, known = jax.vmap(lambda _: one([]))(jnp.zeros(2))
+    first, second = _Evaluator(), _Evaluator()
+    first.words, second.words = list(words[0]), list(words[1])
+    it = iter(known)
+    for nested in box["nested"]:
+        d = None if nested else next(it)
+        first.decisions.append(None if d is None else d[0])
+        second.decisions.append(None if d is None else d[1])
+    return values, words, changed_decisions(first, second), box["sites"]
 
 
 def _stack_words(words: list) -> jax.Array:
