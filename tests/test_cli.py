@@ -339,6 +339,7 @@ def test_the_installed_command_exits_2_on_an_input_error(user_modules, tmp_path)
 # ------------------------------------------------------- compilation cache
 
 
+@pytest.mark.slow
 def test_the_command_keeps_compiled_calls_for_the_next_run(user_modules, tmp_path):
     cache = tmp_path / "xla-cache"
     env = {k: v for k, v in os.environ.items() if k != "JAXCHECK_NO_CACHE"}

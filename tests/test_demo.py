@@ -19,6 +19,7 @@ FIGURES = [
 ]
 
 
+@pytest.mark.slow
 def test_a_planted_problem_that_is_missed_fails_the_demo(tmp_path, monkeypatch):
     # Defuse one planted problem: the "large" initialisation is small, so the
     # initial-loss check passes and the demo must call that unexpected. Every

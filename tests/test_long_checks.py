@@ -52,6 +52,7 @@ def _run(devices: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_over_four_cpu_devices_gives_identical_numbers():
     one, four = _run(1), _run(4)
     assert one["devices"] == 1 and four["devices"] == 4

@@ -106,6 +106,9 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+# Two processes and a cluster to start (several seconds): run early (conftest).
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as s:

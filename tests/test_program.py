@@ -220,6 +220,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_programs_are_kept_on_disk_for_the_next_process(tmp_path):
     env = {**os.environ, "JAXCHECK_CACHE_DIR": str(tmp_path)}
     env.pop("JAXCHECK_NO_CACHE", None)
