@@ -153,40 +153,49 @@ def test_a_custom_rule_changed_behind_the_same_primal_is_seen():
     assert not jaxcheck.check_grads(f, w).passed
 
 
-@pytest.mark.parametrize("kinked", [False, True], ids=["smooth", "kinked"])
-def test_f_runs_once_per_check_and_is_compiled_once_for_both_points_of_a_row(kinked):
+def _conv_sum(w):
+    x = jnp.linspace(-1.0, 1.0, 2 * 6 * 6).reshape(1, 2, 6, 6)
+    out = jax.lax.conv_general_dilated(x, w.reshape(1, 2, 1, 1), (1, 1), "SAME")
+    return jnp.sum(jnp.sin(out) * out)
+
+
+@pytest.mark.parametrize("kind", ["smooth", "kinked", "convolution"])
+def test_f_runs_once_per_check_and_is_compiled_once_for_both_points_of_a_row(kind):
     # The analytic gradient differentiates the traced jaxpr (custom rules
     # included, as under jax.jit), so `f`'s Python runs once; f(x + h) and
     # f(x - h) are one batched evaluation (with a kink, one instrumented
-    # evaluation), so the program holds one copy of f for its rows next to
-    # the value and gradient.
+    # evaluation; with a convolution, a loop over the two points), so the
+    # program holds one copy of f for its rows next to the value and gradient.
     import re
 
     calls = []
 
     def f(w):
         calls.append(1)
+        if kind == "convolution":
+            return _conv_sum(w)
         out = jnp.sin(w) * w
-        return jnp.sum(jnp.maximum(out, 0.5) if kinked else out)
+        return jnp.sum(jnp.maximum(out, 0.5) if kind == "kinked" else out)
 
-    w = jnp.linspace(0.1, 1.0, 5)
+    w = jnp.linspace(0.1, 1.0, 2 if kind == "convolution" else 5)
     before = set(cache._PROGRAMS)
     report = jaxcheck.check_grads(f, w)
     assert report.passed and len(calls) == 1
     (program,) = [cache._PROGRAMS[k] for k in cache._PROGRAMS if k not in before]
-    assert program.layout.tracked is kinked
+    assert program.layout.tracked is (kind == "kinked")
+    name = "conv_general_dilated" if kind == "convolution" else "sin"
 
-    def sines(jaxpr):  # equations, nested jaxprs included
-        return len(re.findall(r"= sin ", str(jaxpr)))
+    def count(jaxpr):  # equations, nested jaxprs included
+        return len(re.findall(rf"= {name}\b", str(jaxpr)))
 
     with jax.enable_x64(True):
         w64 = w.astype(jnp.float64)
         rows = jax.make_jaxpr(program._fn)(*program._example_args([], [], [w64]))
         alone = jax.make_jaxpr(jax.value_and_grad(f))(w64)
-    assert sines(alone) >= 1
-    assert sines(rows) == sines(alone) + 1
+    assert count(alone) >= 1
+    assert count(rows) == count(alone) + 1
     calls.clear()
-    planted = jaxcheck.check_grads(f, w, grad_fn=lambda w: jnp.cos(w) * w)
+    planted = jaxcheck.check_grads(f, w, grad_fn=lambda w: jnp.full_like(w, 7.0))
     assert not planted.passed and len(calls) == 1
 
 

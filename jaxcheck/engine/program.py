@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend import core as jcore
 
 from .. import kinks
 from .. import propagate as _propagate
@@ -225,26 +226,42 @@ class Program:
                     (gc, dyn),
                 )
             theta = jnp.concatenate([dyn[p].reshape(-1) for p in sources])
+            convolves = _uses(primal, "conv_general_dilated")
 
-            def row(i: jax.Array, d: jax.Array) -> Any:
-                if layout.tracked:
+            if layout.tracked:
+
+                def row(i: jax.Array, d: jax.Array) -> Any:
                     a = inputs_at(dyn, theta.at[i].add(d[0]))
                     b = inputs_at(dyn, theta.at[i].add(d[1]))
                     v, w, c, sites = kinks.evaluate_pair(primal, pc, a, b, sources)
                     site_box["sites"] = sites
                     return v, w, c
-                # Both points in one batched evaluation: `f` is compiled once.
-                pair = jnp.stack([theta.at[i].add(d[0]), theta.at[i].add(d[1])])
-                return jax.vmap(
-                    lambda th: jax.core.eval_jaxpr(primal, pc, *inputs_at(dyn, th))[0]
-                )(pair)
 
-            out["dense"] = _chunks(row, d_idx, d_delta, d_n)
+                batch = jax.vmap(row)
+            else:
+
+                def point(i: jax.Array, d: jax.Array) -> Any:
+                    args = inputs_at(dyn, theta.at[i].add(d))
+                    return jax.core.eval_jaxpr(primal, pc, *args)[0]
+
+                def batch(idx: jax.Array, delta: jax.Array) -> Any:
+                    # Both points of every row: `f` is compiled once. One flat
+                    # batch, except with convolutions: vmapped over their
+                    # kernels they cost the square of the batch (twice the
+                    # time for both points at once), so first points, then
+                    # second points, in a loop of two.
+                    if convolves:
+                        both = lax.map(lambda dj: jax.vmap(point)(idx, dj), delta.T)
+                        return both.T
+                    flat = jax.vmap(point)(jnp.repeat(idx, 2), delta.reshape(-1))
+                    return flat.reshape(idx.shape[0], 2)
+
+            out["dense"] = _chunks(batch, d_idx, d_delta, d_n)
             props = []
             for k, (blk, fn) in enumerate(zip(layout.prop, prop_fns, strict=True)):
                 x_flat = dyn[fn.leaf_pos].reshape(-1)
                 one = _prop_row(blk, fn, trackers[k], x_flat, dyn, pc)
-                props.append(_chunks(one, p_idx[k], p_step[k], p_n[k]))
+                props.append(_chunks(jax.vmap(one), p_idx[k], p_step[k], p_n[k]))
             out["prop"] = props
             return out
 
@@ -410,17 +427,31 @@ def _global_x64() -> bool:
     return seen[0]
 
 
-def _chunks(row: Any, idx: jax.Array, delta: jax.Array, n: jax.Array) -> Any:
-    """``row`` vmapped over each of the first ``n`` chunks of ``(idx, delta)``
-    (shapes ``(chunks, chunk)`` and ``(chunks, chunk, ...)``), one chunk after
-    another; the outputs of the other chunks are zeros."""
-    shapes = jax.eval_shape(jax.vmap(row), idx[0], delta[0])
+def _uses(jaxpr: Any, name: str) -> bool:
+    """Whether ``jaxpr`` (or a jaxpr inside it) has an equation of primitive
+    ``name``."""
+    return any(
+        eqn.primitive.name == name
+        or any(_uses(sub, name) for sub in jcore.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
+
+
+def _chunks(batch: Any, idx: jax.Array, delta: jax.Array, n: jax.Array) -> Any:
+    """``batch`` (the rows of one chunk at once) over each of the first ``n``
+    chunks of ``(idx, delta)`` (shapes ``(chunks, chunk)`` and ``(chunks, chunk,
+    ...)``), one chunk after another; the outputs of the other chunks are
+    zeros."""
+    # `batch` is traced once: its jaxpr gives the shapes and is the loop's body.
+    closed, shapes = jax.make_jaxpr(batch, return_shape=True)(idx[0], delta[0])
+    out_tree = jax.tree_util.tree_structure(shapes)
     buf = jax.tree_util.tree_map(
         lambda s: jnp.zeros((idx.shape[0], *s.shape), s.dtype), shapes
     )
 
     def body(k: jax.Array, buf: Any) -> Any:
-        res = jax.vmap(row)(idx[k], delta[k])
+        flat = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, idx[k], delta[k])
+        res = jax.tree_util.tree_unflatten(out_tree, flat)
         return jax.tree_util.tree_map(lambda b, r: b.at[k].set(r), buf, res)
 
     return lax.fori_loop(0, n, body, buf)
