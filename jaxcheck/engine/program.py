@@ -246,10 +246,10 @@ class Program:
 
                 def batch(idx: jax.Array, delta: jax.Array) -> Any:
                     # Both points of every row: `f` is compiled once. One flat
-                    # batch, except with convolutions: vmapped over their
-                    # kernels they cost the square of the batch (twice the
-                    # time for both points at once), so first points, then
-                    # second points, in a loop of two.
+                    # batch, except with convolutions, whose cost per point
+                    # grows with the batch of kernels (both points at once:
+                    # the equinox conv2d check evaluated 2x slower), so first
+                    # points, then second points, in a loop of two.
                     if convolves:
                         both = lax.map(lambda dj: jax.vmap(point)(idx, dj), delta.T)
                         return both.T
