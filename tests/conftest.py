@@ -12,5 +12,21 @@ def pytest_collection_modifyitems(config, items):
     """The tests marked ``slow`` (a notebook, a subprocess, a training run:
     several seconds each) run first: with xdist's work stealing the short ones
     then fill in at the end, instead of one worker idling while the other
-    finishes a long test."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    finishes a long test. The tests of one ecosystem case (its twins checked,
+    strict, buggy, and the registry's own check) run one after another, so
+    that they tend to share a worker, its built case and JAX's caches (the
+    ecosystem tests alone: 31.7-33.1 s against 34.6-34.7 s)."""
+    first: dict[str, int] = {}
+    order = {}
+    for n, item in enumerate(items):
+        spec = getattr(item, "callspec", None)
+        case = (
+            spec.id if spec is not None and "ecosystem" in item.nodeid else item.nodeid
+        )
+        order[item.nodeid] = (first.setdefault(case, n), n)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is None,
+            order[item.nodeid],
+        )
+    )
