@@ -527,3 +527,38 @@ def test_round_off_at_a_kink_is_not_called_wrong():
     leaf = report.leaves[0]
     assert sorted(c.index for c in leaf.kinks) == [(0,), (3,)]
     assert report.noise_floor > 1e-10
+
+
+def _scanned_relu(w, x):
+    def body(c, xi):
+        c = jnp.maximum(c * 0.9 + xi @ w, 0.0)
+        return c, jnp.abs(c).sum()
+
+    c, ys = lax.scan(body, jnp.zeros(w.shape[1]), x)
+    return ys.sum() + jnp.sort(c)[0] + jnp.max(w)
+
+
+@pytest.mark.parametrize("moved_entry", [0, 5, 11])
+def test_evaluate_pair_decides_as_two_separate_evaluations(moved_entry):
+    # evaluate_pair evaluates the two points as one batch: each point's words
+    # must be those of its own evaluation, and a site counts changes exactly
+    # where the words differ (sites inside the scan fold their decisions).
+    rng = np.random.default_rng(moved_entry)
+    with jax.enable_x64(True):
+        w, x = (
+            jnp.asarray(rng.standard_normal((3, 4))),
+            jnp.asarray(rng.standard_normal((5, 3))),
+        )
+        wb = w.reshape(-1).at[moved_entry].add(-3.0).reshape(3, 4)
+        closed = jax.make_jaxpr(_scanned_relu)(w, x)
+        values, words, changed = jax.jit(
+            lambda a, b: kinks.evaluate_pair(closed.jaxpr, closed.consts, [a, x],
+                                             [b, x], [0])[:3]
+        )(w, wb)  # fmt: skip
+        (out_a,), words_a, _ = kinks.eval_with_winners(closed, [w, x], [0])
+        (out_b,), words_b, _ = kinks.eval_with_winners(closed, [wb, x], [0])
+    np.testing.assert_array_equal(words[0], words_a)
+    np.testing.assert_array_equal(words[1], words_b)
+    np.testing.assert_allclose(values, [out_a, out_b], rtol=1e-14)
+    np.testing.assert_array_equal(changed > 0, words_a != words_b)
+    assert (words_a != words_b).any()  # the move changed some decision
