@@ -204,6 +204,22 @@ def _literals(jaxpr: Any, out: list) -> None:
             _literals(sub, out)
 
 
+def any_equation(jaxpr: Any, test: Callable[[Any], bool]) -> bool:
+    """Whether an equation of ``jaxpr``, or of a jaxpr inside it (a loop's or a
+    branch's body, a call), passes ``test``.
+
+    Examples:
+      >>> jaxpr = jax.make_jaxpr(lambda x: jax.lax.cond(x > 0, jnp.sin, jnp.cos, x))
+      >>> any_equation(jaxpr(1.0).jaxpr, lambda e: e.primitive.name == "sin")
+      True
+    """
+    return any(
+        test(eqn)
+        or any(any_equation(sub, test) for sub in jcore.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
+
+
 def has_host_callbacks(jaxpr: Any) -> bool:
     """Whether ``jaxpr`` (or a jaxpr inside it) calls back into Python
     (``jax.pure_callback``, ``io_callback``, ``jax.debug.print``...): a compiled
@@ -214,12 +230,7 @@ def has_host_callbacks(jaxpr: Any) -> bool:
       >>> has_host_callbacks(jax.make_jaxpr(jnp.sin)(1.0).jaxpr)
       False
     """
-    for eqn in jaxpr.eqns:
-        if any("callback" in key for key in eqn.params):
-            return True
-        if any(has_host_callbacks(sub) for sub in jcore.jaxprs_in_params(eqn.params)):
-            return True
-    return False
+    return any_equation(jaxpr, lambda eqn: any("callback" in k for k in eqn.params))
 
 
 def _avals(xs: Sequence[Any]) -> str:

@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
 
 from .. import kinks
 from .. import propagate as _propagate
+from ..point import any_equation
 from . import cache as _cache
 from . import cluster
 
@@ -226,7 +226,9 @@ class Program:
                     (gc, dyn),
                 )
             theta = jnp.concatenate([dyn[p].reshape(-1) for p in sources])
-            convolves = _uses(primal, "conv_general_dilated")
+            convolves = any_equation(
+                primal, lambda eqn: eqn.primitive.name == "conv_general_dilated"
+            )
 
             if layout.tracked:
 
@@ -425,16 +427,6 @@ def _global_x64() -> bool:
     probe.start()
     probe.join()
     return seen[0]
-
-
-def _uses(jaxpr: Any, name: str) -> bool:
-    """Whether ``jaxpr`` (or a jaxpr inside it) has an equation of primitive
-    ``name``."""
-    return any(
-        eqn.primitive.name == name
-        or any(_uses(sub, name) for sub in jcore.jaxprs_in_params(eqn.params))
-        for eqn in jaxpr.eqns
-    )
 
 
 def _chunks(batch: Any, idx: jax.Array, delta: jax.Array, n: jax.Array) -> Any:
