@@ -107,24 +107,29 @@ def follow_up(
         )
     # Noise is a property of f more than of a coordinate: each coordinate uses
     # at least its leaf's median (a tight noise line near 0 may see none).
-    by_group: dict[int, list[float]] = {}
+    # (One median per leaf, computed once: per coordinate it made a follow-up
+    # of n coordinates cost O(n^2).)
+    sigmas = _group_medians(ones, s.group, "sigma")
+    ratios = _group_medians(ones, s.group, "noise_ratio")
     for one in ones:
-        if math.isfinite(one.sigma):
-            by_group.setdefault(int(s.group[one.i]), []).append(one.sigma)
-    for one in ones:
-        got = by_group.get(int(s.group[one.i]))
-        if got:
-            median = float(np.median(got))
+        median = sigmas.get(int(s.group[one.i]))
+        if median is not None:
             one.sigma = max(one.sigma, median) if math.isfinite(one.sigma) else median
             if not math.isfinite(one.sigma_lo):
                 one.sigma_lo = one.sigma
-    ratios: dict[int, list[float]] = {}
-    for one in ones:
-        if math.isfinite(one.noise_ratio):
-            ratios.setdefault(int(s.group[one.i]), []).append(one.noise_ratio)
-    for one in ones:
-        got = ratios.get(int(s.group[one.i]))
-        if not math.isfinite(one.noise_ratio) and got:
-            one.noise_ratio = float(np.median(got))
+        ratio = ratios.get(int(s.group[one.i]))
+        if not math.isfinite(one.noise_ratio) and ratio is not None:
+            one.noise_ratio = ratio
     still = [one.i for one in ones if not one.judge()]
     return np.asarray(still, dtype=np.int64)
+
+
+def _group_medians(ones: list[_One], group: np.ndarray, name: str) -> dict[int, float]:
+    """The median of the finite values of attribute ``name`` of ``ones``, per
+    group (leaf) that has any."""
+    by_group: dict[int, list[float]] = {}
+    for one in ones:
+        value = getattr(one, name)
+        if math.isfinite(value):
+            by_group.setdefault(int(group[one.i]), []).append(value)
+    return {g: float(np.median(v)) for g, v in by_group.items()}
