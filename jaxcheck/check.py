@@ -471,29 +471,35 @@ class _Check:
         return s
 
     def follow(self, s: judge.State, keep: np.ndarray, w0: Any) -> None:
-        """Follow-ups: a quick stage (five steps) for the coordinates outside
-        the bar; then the full ladder and the noise lines for what is left;
-        then a deep ladder (down to ``1e-10 h``) for what is still open."""
-        quick = np.flatnonzero(s.reason == judge.CONFIRM)
-        rest = np.flatnonzero(~np.isin(s.reason, (judge.NONE, judge.CONFIRM)))
-        if len(quick):
-            p = judge.plan(s, quick, stage=1, eps=self.eps_f)
-            values, words = self.follow_rows(keep, p)
-            still = judge.follow_up(
-                s, p, values, words, w0, self.f0, self.eps_f, self.bar.noise_factor
-            )
-            rest = np.sort(np.concatenate([rest, still]))
-        for stage in (2, 3):
-            if not len(rest):
-                break
-            p = judge.plan(s, rest, stage=stage, eps=self.eps_f)
-            values, words = self.follow_rows(keep, p)
-            rest = judge.follow_up(
-                s, p, values, words, w0, self.f0, self.eps_f, self.bar.noise_factor
-            )
+        """Follow-ups (:meth:`follow_stages`), a sample of a large leaf first
+        (:func:`jaxcheck.verdicts.judge.sample_follow_ups`)."""
+        cap = self.opts.max_follow_ups
+        first, later = judge.sample_follow_ups(s, cap, self.seed)
+        self.follow_stages(s, keep, w0, first)
+        left = judge.leave_failed_leaves(s, later, cap)
+        if not left.all():
+            self.follow_stages(s, keep, w0, later[~left])
         domain = np.flatnonzero(s.code == judge.DOMAIN)
         if len(domain):
             self.domain_error(s, keep, domain)
+
+    def follow_stages(
+        self, s: judge.State, keep: np.ndarray, w0: Any, todo: np.ndarray
+    ) -> None:
+        """Follow-ups of ``todo``: a quick stage (five steps) for those outside
+        the bar; then the full ladder and the noise lines for what is left;
+        then a deep ladder (down to ``1e-10 h``) for what is still open."""
+        quick = todo[s.reason[todo] == judge.CONFIRM]
+        rest = todo[s.reason[todo] != judge.CONFIRM]
+        for stage in (1, 2, 3):
+            sel = quick if stage == 1 else rest
+            if len(sel):
+                p = judge.plan(s, sel, stage=stage, eps=self.eps_f)
+                values, words = self.follow_rows(keep, p)
+                still = judge.follow_up(
+                    s, p, values, words, w0, self.f0, self.eps_f, self.bar.noise_factor
+                )
+                rest = np.sort(np.concatenate([rest, still])) if stage == 1 else still
 
     def follow_rows(self, keep: np.ndarray, p: judge.Plan) -> tuple:
         """The values (and decision words) of a follow-up's rows. A row of a
@@ -615,6 +621,7 @@ def check_grads(
     strict: bool = False,
     dtype: str = "float64",
     propagate: bool = True,
+    max_follow_ups: int | None = 256,
 ) -> GradCheckReport:
     """Checks the gradient of ``f`` with respect to ``params`` against finite
     differences, coordinate by coordinate, in float64.
@@ -699,6 +706,10 @@ def check_grads(
       propagate: evaluate ``f(x ± h e_i)`` of large leaves by perturbation
         propagation where it pays off (:mod:`jaxcheck.propagate`); ``False``
         uses the plain vmapped evaluation for every leaf.
+      max_follow_ups: a leaf with more coordinates to follow up than this
+        follows up a random sample (``seed``) of this many; if one is confirmed
+        wrong, the rest are left inconclusive (said in a note), else followed up
+        too. ``None`` follows up every one.
 
     Returns:
       a :class:`GradCheckReport`: ``report.passed``, ``report.status``, a table
@@ -738,7 +749,7 @@ def check_grads(
         coords=coords, step=step, seed=seed, rtol=rtol, noise_factor=noise_factor,
         memory_budget=memory_budget, chunk_size=chunk_size, max_worst=max_worst,
         progress=progress, method=method, track_kinks=track_kinks, strict=strict,
-        dtype=dtype, propagate=propagate,
+        dtype=dtype, propagate=propagate, max_follow_ups=max_follow_ups,
     )  # fmt: skip
     with jax.enable_x64(opts.dtype == "float64"):
         return _Check(f, params, args, grad_fn, opts).run()

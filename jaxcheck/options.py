@@ -92,6 +92,7 @@ class CheckOptions:
     strict: bool = False
     dtype: str = "float64"
     propagate: bool = True
+    max_follow_ups: int | None = 256
 
     @property
     def np_dtype(self) -> Any:
@@ -103,8 +104,8 @@ def check_options(**kwargs: Any) -> CheckOptions:
 
     Raises:
       ValueError: for a bad ``step``, ``rtol``, ``noise_factor``, ``method``,
-        ``dtype``, ``seed``, ``max_worst``, ``memory_budget`` or ``chunk_size``;
-        each message names the argument and a valid value.
+        ``dtype``, ``seed``, ``max_worst``, ``memory_budget``, ``chunk_size`` or
+        ``max_follow_ups``; each message names the argument and a valid value.
 
     Examples:
       >>> check_options(method="richardson").method
@@ -132,6 +133,16 @@ def check_options(**kwargs: Any) -> CheckOptions:
         )
     _positive_int("max_worst", opts.max_worst, minimum=0)
     _positive_int("chunk_size", opts.chunk_size)
+    if opts.max_follow_ups is not None and (
+        isinstance(opts.max_follow_ups, bool)
+        or not isinstance(opts.max_follow_ups, int | np.integer)
+        or opts.max_follow_ups < 1
+    ):
+        raise ValueError(
+            "`max_follow_ups` must be an int >= 1 (coordinates of a leaf followed "
+            "up before the rest are left once the leaf has failed) or None (follow "
+            f"up every one), got {opts.max_follow_ups!r}."
+        )
     if opts.memory_budget is not None and (
         isinstance(opts.memory_budget, bool)
         or not isinstance(opts.memory_budget, int | np.integer)

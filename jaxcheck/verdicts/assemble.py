@@ -212,7 +212,23 @@ def notes_of(check: Any, leaves: list[LeafReport], s: judge.State) -> list[str]:
             "jaxcheck cannot see (a callback, a kernel), or sum many large terms that "
             "cancel. Coordinates within that noise are untestable, not wrong."
         )
-    notes.extend(_count_notes(leaves, check.bar, f0))
+    left = s.reason == judge.DEFERRED
+    notes.extend(_count_notes(leaves, check.bar, f0, deferred=int(left.sum())))
+    if left.any():
+        n = int(left.sum())
+        paths = [
+            check.point.leaves[int(k)].info.path or "params"
+            for k in np.unique(s.group[left])
+        ]
+        notes.append(
+            f"{n:,} coordinate{'s' if n > 1 else ''} outside the bar or within "
+            f"round-off at the main step {'were' if n > 1 else 'was'} not followed "
+            f"up (inconclusive): {', '.join(paths)} had more than "
+            f"{opts.max_follow_ups} such coordinates; a random sample of that many "
+            "was followed up and confirmed wrong coordinates, so the leaf fails "
+            "either way. Pass `max_follow_ups=None` to follow up (and count) every "
+            "one."
+        )
     comp = check.compile_counts
     if comp.get("programs") and check.times["compiling"] > check.times["evaluating"]:
         notes.append(
@@ -224,7 +240,9 @@ def notes_of(check: Any, leaves: list[LeafReport], s: judge.State) -> list[str]:
     return notes
 
 
-def _count_notes(leaves: list[LeafReport], bar: compare.Bar, f0: float) -> list[str]:
+def _count_notes(
+    leaves: list[LeafReport], bar: compare.Bar, f0: float, deferred: int = 0
+) -> list[str]:
     notes = []
     total = sum(r.num_checked for r in leaves)
     n_untestable = sum(r.num_untestable for r in leaves)
@@ -242,7 +260,7 @@ def _count_notes(leaves: list[LeafReport], bar: compare.Bar, f0: float) -> list[
             "resolved by checking the terms it comes from separately or subtracting "
             "the part of f that does not depend on it, not by scaling the loss."
         )
-    n_inc = sum(r.num_inconclusive for r in leaves)
+    n_inc = sum(r.num_inconclusive for r in leaves) - deferred
     if n_inc:
         notes.append(
             f"{n_inc:,} coordinate{'s' if n_inc > 1 else ''} had no evidence either "

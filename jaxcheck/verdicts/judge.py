@@ -38,11 +38,13 @@ import math
 
 import numpy as np
 
+from ..compare import INCONCLUSIVE, WRONG
 from .evidence import _One
 from .ladder import Plan, ladder_steps, noise_line, plan
 from .state import (
     CONFIRM,
     CROSSED,
+    DEFERRED,
     DOMAIN,
     NAN_GRADIENT,
     NONE,
@@ -56,6 +58,7 @@ from .state import (
 __all__ = (
     "CONFIRM",
     "CROSSED",
+    "DEFERRED",
     "DOMAIN",
     "NAN_GRADIENT",
     "NONE",
@@ -64,10 +67,12 @@ __all__ = (
     "Plan",
     "State",
     "follow_up",
+    "leave_failed_leaves",
     "ladder_steps",
     "main_pass",
     "noise_line",
     "plan",
+    "sample_follow_ups",
     "summary_codes",
 )
 
@@ -133,3 +138,73 @@ def _group_medians(ones: list[_One], group: np.ndarray, name: str) -> dict[int, 
         if math.isfinite(value):
             by_group.setdefault(int(group[one.i]), []).append(value)
     return {g: float(np.median(v)) for g, v in by_group.items()}
+
+
+def sample_follow_ups(
+    s: State, cap: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinates to follow up (``s.reason`` set), split into those
+    followed up first and the others: a leaf with more than ``cap`` of them
+    gets a random sample (``seed``) of ``cap`` first. After following those up,
+    :func:`leave_failed_leaves` says which of the others are left. A wrong
+    gradient of a large leaf then costs a ladder of evaluations per sampled
+    coordinate, not per coordinate.
+
+    Examples:
+      >>> s = State(a=np.ones(5), x=np.zeros(5), h=np.ones(5), bar=np.ones(5))
+      >>> s.reason[:] = [CONFIRM, CONFIRM, NONE, ROUNDOFF, CONFIRM]
+      >>> first, later = sample_follow_ups(s, 2, seed=0)
+      >>> len(first), len(later), sorted([*first.tolist(), *later.tolist()])
+      (2, 2, [0, 1, 3, 4])
+      >>> sample_follow_ups(s, None, seed=0)[1]
+      array([], dtype=int64)
+    """
+    todo = np.flatnonzero(s.reason != NONE)
+    if cap is None or len(todo) <= cap:
+        return todo, todo[:0]
+    first, later = [], [todo[:0]]
+    for k in np.unique(s.group[todo]):
+        mine = todo[s.group[todo] == k]
+        pick = np.zeros(len(mine), dtype=bool)
+        if len(mine) <= cap:
+            pick[:] = True
+        else:
+            rng = np.random.default_rng([seed, int(k), 11])
+            pick[rng.choice(len(mine), cap, replace=False)] = True
+        first.append(mine[pick])
+        later.append(mine[~pick])
+    return np.sort(np.concatenate(first)), np.concatenate(later)
+
+
+def leave_failed_leaves(s: State, later: np.ndarray, cap: int | None) -> np.ndarray:
+    """Of the coordinates ``later`` (not followed up yet), those of leaves that
+    already have a coordinate confirmed wrong are left: inconclusive, with a
+    reason; returns that mask. The others must still be followed up, so that a
+    leaf never passes on a sample.
+
+    Examples:
+      >>> s = State(a=np.ones(4), x=np.zeros(4), h=np.ones(4), bar=np.ones(4),
+      ...           group=np.array([0, 0, 1, 1]))
+      >>> s.code[:] = WRONG  # the main pass: outside the bar
+      >>> s.code[3] = 0  # followed up: ok
+      >>> left = leave_failed_leaves(s, np.array([1, 2]), cap=1)
+      >>> left.tolist(), s.code.tolist()
+      ([True, False], [1, 4, 1, 0])
+    """
+    judged = np.ones(len(s.code), dtype=bool)
+    judged[later] = False
+    failed = np.zeros(int(s.group.max(initial=0)) + 1, dtype=bool)
+    failed[np.unique(s.group[judged & (s.code == WRONG)])] = True
+    left = failed[s.group[later]]
+    for k in np.unique(s.group[later[left]]):
+        mine = later[left & (s.group[later] == k)]
+        s.code[mine] = INCONCLUSIVE
+        wrong = int(((s.group == k) & (s.code == WRONG)).sum())
+        s.reason[mine] = DEFERRED
+        s.resolution[mine] = (
+            f"not followed up: this leaf already has {wrong} coordinate"
+            f"{'s' if wrong > 1 else ''} confirmed wrong (a sample of {cap} of its "
+            "coordinates outside the bar or within round-off was followed up; "
+            "max_follow_ups=None follows up every one)"
+        )
+    return left

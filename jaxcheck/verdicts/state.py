@@ -66,6 +66,9 @@ NAN_GRADIENT = (
 
 # Why a coordinate needs a follow-up.
 NONE, ROUNDOFF, CONFIRM, CROSSED, NONFINITE = 0, 1, 2, 3, 4
+#: Outside the bar at the main step and not followed up: its leaf had already
+#: failed (``max_follow_ups``); the coordinate is left inconclusive.
+DEFERRED = 5
 #: Internal verdict: ``f`` is not finite on one side at any step (the point
 #: is on the edge of ``f``'s domain); the check raises.
 DOMAIN = 9
