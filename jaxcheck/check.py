@@ -23,6 +23,7 @@ from . import compare, kinks, steps, tree
 from . import propagate as _propagate
 from .engine import cache as _cache
 from .engine import cluster, memory, rows
+from .engine.memory import TRANSCENDENTAL_COST as TC
 from .engine.program import Layout, Program, PropBlock, leaf_function
 from .options import (
     CheckOptions,
@@ -178,19 +179,20 @@ class _Check:
         # A while loop's trip count is unknown until it runs: guessed.
         work, bounded = memory.jaxpr_work(point.primal.jaxpr)
         guess = memory.work_estimate(work, bounded)
+        dense = memory.work_estimate(*memory.jaxpr_work(point.primal.jaxpr, TC))
         for k, leaf in enumerate(point.leaves):
             n = len(self.selections[k]) * mults
             if not opts.propagate:
                 self.plans[k] = "off (propagate=False)"
                 continue
             leaf_tracked = tracked and analysis.leaf_sites.get(k, 0) > 0
-            if n * guess * (1 + leaf_tracked) < _propagate.MIN_DENSE_WORK:
+            if n * dense * (1 + leaf_tracked) < _propagate.MIN_DENSE_WORK:
                 # Planning costs a trace; it cannot pay for a second program.
                 size = "at most" if bounded else "about"
                 loops = "" if bounded else f" ({memory.LOOP_TRIPS_GUESS} trips a loop)"
                 self.plans[k] = (
                     f"not propagated: too small: {n:,} coordinates x {size} "
-                    f"{int(guess * (1 + leaf_tracked)):,} work{loops} < "
+                    f"{int(dense * (1 + leaf_tracked)):,} work{loops} < "
                     f"{_propagate.MIN_DENSE_WORK:.0e} in all"
                 )
                 continue
@@ -471,8 +473,7 @@ class _Check:
         return s
 
     def follow(self, s: judge.State, keep: np.ndarray, w0: Any) -> None:
-        """Follow-ups (:meth:`follow_stages`), a sample of a large leaf first
-        (:func:`jaxcheck.verdicts.judge.sample_follow_ups`)."""
+        """Follow-ups (:meth:`follow_stages`), a sample of a large leaf first."""
         cap = self.opts.max_follow_ups
         first, later = judge.sample_follow_ups(s, cap, self.seed)
         self.follow_stages(s, keep, w0, first)

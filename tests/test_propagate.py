@@ -762,3 +762,38 @@ def test_random_chains_match_dense(shape, names, seed):
         params = {"w": jnp.asarray(rng.normal(size=shape))}
         f = _random_chain(names, seed, shape)
         _compare(f, params, jnp.asarray(0.5), step=1e-3)
+
+
+# --------------------------------------------------------------------------------
+# Transcendental elementwise work weighs in the decision to plan
+
+
+def test_a_large_leaf_of_transcendental_elementwise_work_is_propagated():
+    # sin of 8,000 coordinates costs ~100x a multiply-add per element in dense
+    # rows: it is planned and propagated, where the same size of polynomial
+    # work is still too small to pay for a second program.
+    w = np.linspace(-1.0, 1.0, 8000)
+
+    def trig(w):
+        return jnp.sum(jnp.sin(w) * w)
+
+    def poly(w):
+        return jnp.sum(w**3 - w)
+
+    report = jaxcheck.check_grads(trig, w)
+    assert report.passed and report.leaves[0].propagated
+    assert report.leaves[0].propagation.startswith("propagated: leaf float64[8000]")
+    assert "sin " in report.leaves[0].propagation
+    plain = jaxcheck.check_grads(poly, w)
+    assert plain.passed and not plain.leaves[0].propagated
+    assert plain.leaves[0].propagation == (
+        "not propagated: too small: 8,000 coordinates x at most 16,001 work < 1e+09 "
+        "in all"
+    )
+
+    def planted(w):  # 1e-5 relative too large on every coordinate
+        return jax.grad(trig)(w) * (1 + 1e-5)
+
+    bad = jaxcheck.check_grads(trig, w, grad_fn=planted)
+    assert not bad.passed and bad.leaves[0].propagated
+    assert bad.leaves[0].num_wrong >= 200

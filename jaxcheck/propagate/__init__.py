@@ -84,6 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import engine
+from ..engine.memory import TRANSCENDENTAL, TRANSCENDENTAL_COST
 from .evaluate import _interpret, _Log, _Step, _work
 from .program import (
     _Base,
@@ -360,9 +361,14 @@ class _Plan:
     nbytes: int = 0  # per coordinate (both signs), propagated
     base_ids: frozenset = frozenset()  # unperturbed values the interpretation uses
     single_output: bool = True  # f returns one array (else only the evaluator)
+    dense_cost: int = 0  # dense_work with transcendental elements weighted
 
 
-def _dense_work(prog: _Program, dep: frozenset[int], copies: int = 1) -> int:
+def _dense_work(
+    prog: _Program, dep: frozenset[int], copies: int = 1, transcendental: int = 1
+) -> int:
+    """The dense path's work per coordinate and sign, ``transcendental`` per
+    element of :data:`jaxcheck.engine.memory.TRANSCENDENTAL` primitives."""
     total = copies * math.prod(prog.avals[prog.in_ids[0]].shape)  # perturbed copies
     for eqn in prog.eqns:
         if not any(isinstance(a, int) and a in dep for a in eqn.ins):
@@ -373,8 +379,9 @@ def _dense_work(prog: _Program, dep: frozenset[int], copies: int = 1) -> int:
             else tuple(prog.avals[a].shape)
             for a in eqn.ins
         ]
+        weight = transcendental if eqn.name in TRANSCENDENTAL else 1
         for aval in eqn.out_avals:
-            total += _work(eqn, math.prod(aval.shape), shapes)
+            total += weight * _work(eqn, math.prod(aval.shape), shapes)
     return total
 
 
@@ -406,12 +413,13 @@ def _analyse(
         return _Plan(False, f"tracing failed ({type(e).__name__}: {e})", leaf=leaf)
     dep = prog.dependent(*prog.in_ids[: 2 if pair else 1])
     dense = _dense_work(prog, dep, 2 if pair else 1)
+    cost = _dense_work(prog, dep, 2 if pair else 1, TRANSCENDENTAL_COST)
     steps = tuple(log.steps)
     work = sum(s.work for s in steps)
     nbytes = 2 * sum(s.nbytes for s in steps)
     base_ids = frozenset(log.bases[-1].accessed) if log.bases else frozenset()
     single = prog.out_tree is not None and prog.out_tree.num_leaves == 1
-    details = (steps, leaf, work, dense, nbytes, base_ids, single)
+    details = (steps, leaf, work, dense, nbytes, base_ids, single, cost)
     if not any(
         s.kind == "propagated" and s.eqn.split("/")[-1] in _LINEAR for s in steps
     ):
@@ -451,7 +459,7 @@ def _plan_cached(fn, sig, x_flat, dyn_params, dyn_args, pair) -> _Plan:
 
 
 def _too_small(plan: _Plan, num_coords: int | None) -> bool:
-    return num_coords is not None and num_coords * plan.dense_work < MIN_DENSE_WORK
+    return num_coords is not None and num_coords * plan.dense_cost < MIN_DENSE_WORK
 
 
 def make_propagated_block(
@@ -648,7 +656,7 @@ def propagation_plan(
     if applicable and _too_small(plan, num_coords):
         applicable = False
         reason = (
-            f"too small: {num_coords:,} coordinates x {plan.dense_work:,} dense work "
+            f"too small: {num_coords:,} coordinates x {plan.dense_cost:,} dense work "
             f"< {MIN_DENSE_WORK:.0e} in all, less than a second compilation costs"
         )
     head = "propagated" if applicable else "not propagated"
