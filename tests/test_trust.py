@@ -349,3 +349,25 @@ def test_report_columns_show_the_raw_error_and_the_interval():
     assert c.verdict == "kink" and (c.lo, c.hi) == pytest.approx((0.0, 1.0), abs=1e-9)
     assert c.rel_error == pytest.approx(1.0)  # analytic 0 against the central 0.5
     assert "bracket it" in c.resolution and "[kink:" in str(report)
+
+
+def test_estimates_at_nearly_equal_steps_are_not_evidence():
+    # With a large step, a coordinate near 0 gets ladder rungs and rungs relative
+    # to |x_i| that nearly coincide (2.9e-4 and 3.0e-4 here). Two estimates at
+    # such steps agree whatever their common truncation error (4% of these tiny
+    # gradients): the bound on that error must widen, as Richardson says, and
+    # the correct gradient is not called wrong (4 coordinates were).
+    def f(a):
+        return jnp.sum(jnp.sin(3 * a) * a**3)
+
+    w = np.linspace(-1.0, 1.0, 700)
+    report = jaxcheck.check_grads(f, w, step=1e-2, seed=3, max_follow_ups=None)
+    leaf = report.leaves[0]
+    assert report.passed and leaf.num_wrong == 0
+    assert leaf.num_ok >= 670 and leaf.num_ok + leaf.num_untestable == 700
+
+    def planted(a):  # 1e-3 relative too large: found with the same step
+        return jax.grad(f)(a) * (1 + 1e-3)
+
+    bad = jaxcheck.check_grads(f, w, step=1e-2, seed=3, grad_fn=planted)
+    assert not bad.passed and bad.leaves[0].num_wrong >= 250

@@ -82,7 +82,12 @@ def _pairs(ests: list[_Estimate]) -> list[tuple[_Estimate, float, str, bool]]:
         where = f"h={e1.step:.0e} and h={e2.step:.0e}"
         if e2.kind != "central":
             where += f" ({e2.kind})"
-        out.append((e2, spread + margin, where, converged))
+        # The truncation error left at the smaller step is spread / (r**p - 1)
+        # (Richardson), r the ratio of the steps: the spread itself bounds it
+        # only where r**p >= 2. Two nearly equal steps (a rung relative to |x_i|
+        # next to a ladder rung) agree whatever their common error.
+        grow = (e1.step / e2.step) ** e2.order - 1.0
+        out.append((e2, spread / min(max(grow, 1e-12), 1.0) + margin, where, converged))
     out.sort(key=lambda p: p[1] / max(abs(p[0].value), 1e-300))
     return out
 
