@@ -29,7 +29,10 @@ round-off, across a kink, or where ``f`` is not finite at ``x ± h``) get a
 is smaller than the step, so that the ladder never jumps over a pole at 0),
 plus a line of points ``x ± k delta`` whose differences measure the round-off
 noise of ``f`` (ECnoise, :func:`jaxcheck.steps.ecnoise`); :func:`follow_up`
-judges it.
+judges it. A leaf with more coordinates to follow up than ``max_follow_ups``
+follows up a sample first (:func:`sample_follow_ups`); once one of its
+coordinates is confirmed wrong, the rest are left inconclusive
+(:func:`leave_failed_leaves`).
 """
 
 from __future__ import annotations
