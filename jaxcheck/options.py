@@ -60,7 +60,7 @@ def validate_step(step: Any) -> None:
     )
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
+def _positive_int(name: str, value: Any, *, minimum: int = 1, what: str = "") -> None:
     if value is None:
         return
     if (
@@ -68,7 +68,7 @@ def _positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
         or not isinstance(value, int | np.integer)
         or value < minimum
     ):
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        raise ValueError(f"`{name}` must be an int >= {minimum}{what}, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,16 +133,11 @@ def check_options(**kwargs: Any) -> CheckOptions:
         )
     _positive_int("max_worst", opts.max_worst, minimum=0)
     _positive_int("chunk_size", opts.chunk_size)
-    if opts.max_follow_ups is not None and (
-        isinstance(opts.max_follow_ups, bool)
-        or not isinstance(opts.max_follow_ups, int | np.integer)
-        or opts.max_follow_ups < 1
-    ):
-        raise ValueError(
-            "`max_follow_ups` must be an int >= 1 (coordinates of a leaf followed "
-            "up before the rest are left once the leaf has failed) or None (follow "
-            f"up every one), got {opts.max_follow_ups!r}."
-        )
+    _positive_int(
+        "max_follow_ups", opts.max_follow_ups,
+        what=" (coordinates of a leaf followed up before the rest are left once "
+        "the leaf has failed) or None (follow up every one)",
+    )  # fmt: skip
     if opts.memory_budget is not None and (
         isinstance(opts.memory_budget, bool)
         or not isinstance(opts.memory_budget, int | np.integer)
