@@ -365,11 +365,13 @@ class _Plan:
 
 
 def _dense_work(
-    prog: _Program, dep: frozenset[int], copies: int = 1, transcendental: int = 1
-) -> int:
-    """The dense path's work per coordinate and sign, ``transcendental`` per
-    element of :data:`jaxcheck.engine.memory.TRANSCENDENTAL` primitives."""
+    prog: _Program, dep: frozenset[int], copies: int = 1
+) -> tuple[int, int]:
+    """The dense path's work per coordinate and sign, plain and with each
+    element of :data:`jaxcheck.engine.memory.TRANSCENDENTAL` primitives counted
+    :data:`~jaxcheck.engine.memory.TRANSCENDENTAL_COST` times."""
     total = copies * math.prod(prog.avals[prog.in_ids[0]].shape)  # perturbed copies
+    extra = 0
     for eqn in prog.eqns:
         if not any(isinstance(a, int) and a in dep for a in eqn.ins):
             continue
@@ -379,10 +381,11 @@ def _dense_work(
             else tuple(prog.avals[a].shape)
             for a in eqn.ins
         ]
-        weight = transcendental if eqn.name in TRANSCENDENTAL else 1
-        for aval in eqn.out_avals:
-            total += weight * _work(eqn, math.prod(aval.shape), shapes)
-    return total
+        work = sum(_work(eqn, math.prod(a.shape), shapes) for a in eqn.out_avals)
+        total += work
+        if eqn.name in TRANSCENDENTAL:
+            extra += (TRANSCENDENTAL_COST - 1) * work
+    return total, total + extra
 
 
 def _analyse(
@@ -412,8 +415,7 @@ def _analyse(
     except Exception as e:  # noqa: BLE001 - any failure means: use the dense path
         return _Plan(False, f"tracing failed ({type(e).__name__}: {e})", leaf=leaf)
     dep = prog.dependent(*prog.in_ids[: 2 if pair else 1])
-    dense = _dense_work(prog, dep, 2 if pair else 1)
-    cost = _dense_work(prog, dep, 2 if pair else 1, TRANSCENDENTAL_COST)
+    dense, cost = _dense_work(prog, dep, 2 if pair else 1)
     steps = tuple(log.steps)
     work = sum(s.work for s in steps)
     nbytes = 2 * sum(s.nbytes for s in steps)
