@@ -130,6 +130,7 @@ def child(tool: str, n: int, rel: float) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "found": not r.passed,
+        "status": r.status,
         "wrong": leaf.num_wrong,
         "left": leaf.num_inconclusive,
     }
@@ -184,8 +185,10 @@ def main() -> None:
                 r = res[tool]
                 if r["seconds"] is None:
                     return r["note"]
-                if rel == 0:
-                    found = "FALSE ALARM" if r["found"] else "passed"
+                if rel == 0:  # jaxcheck may also say "inconclusive", not a pass
+                    found = "passed" if not r["found"] else "FALSE ALARM"
+                    if r.get("status") == "inconclusive":
+                        found = "inconclusive"
                 else:
                     found = "found" if r["found"] else "MISSED"
                 return f"{r['seconds']:.2f} s, {found}"
