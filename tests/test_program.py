@@ -199,6 +199,14 @@ def test_f_runs_once_per_check_and_is_compiled_once_for_both_points_of_a_row(kin
     assert not planted.passed and len(calls) == 1
 
 
+def test_a_program_on_disk_is_not_reused_under_other_xla_flags(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    plain = cache.program_key("abc", ("layout",), np.float64)
+    assert cache.program_key("abc", ("layout",), np.float64) == plain
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
+    assert cache.program_key("abc", ("layout",), np.float64) != plain
+
+
 def test_the_cache_is_bounded():
     assert cache.MAX_PROGRAMS >= 8
     assert len(cache._PROGRAMS) <= cache.MAX_PROGRAMS

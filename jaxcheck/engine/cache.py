@@ -151,7 +151,8 @@ def _code_version() -> str:
 
 def program_key(key: str, layout: Any, dtype: Any) -> str:
     """The on-disk name of a program: its structural key, layout and dtype, the
-    versions of jaxcheck's code, JAX and jaxlib, and the devices.
+    versions of jaxcheck's code, JAX and jaxlib, the devices, and ``XLA_FLAGS``
+    (a program compiled under other XLA flags, fast math say, is not reused).
 
     Examples:
       >>> len(program_key("abc", ("layout",), np.float64))
@@ -162,7 +163,7 @@ def program_key(key: str, layout: Any, dtype: Any) -> str:
         key, repr(layout), str(np.dtype(dtype)), _code_version(), jax.__version__,
         getattr(jax.lib, "__version__", "") or _jaxlib_version(),
         devices[0].platform, getattr(devices[0], "device_kind", ""),
-        str(len(devices)), str(jax.process_count()),
+        str(len(devices)), str(jax.process_count()), os.environ.get("XLA_FLAGS", ""),
     ]  # fmt: skip
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
