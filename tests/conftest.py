@@ -7,36 +7,19 @@ import os
 # in a subprocess of its own).
 os.environ["JAXCHECK_NO_CACHE"] = "1"
 
-#: XLA's older CPU code generator for fused operations: it compiles the many
-#: small programs of a test session (each eager ``jnp`` operation, each
-#: reference gradient, each test's data) about 1.5x as fast. The numbers the
-#: tests see are the same (the README's printed reports, to the last digit).
-#: jaxcheck's own programs of small and medium checks use it already
-#: (``jaxcheck.engine.memory.compile_options``).
+# XLA's older CPU code generator for fused operations: it compiles the many
+# small programs of a test session (each eager `jnp` operation, each reference
+# gradient, each test's data, in the tests and in the notebook kernels and
+# commands they start) about 1.5x as fast. The numbers the tests see are the
+# same (the README's printed reports, to the last digit). jaxcheck's own
+# programs of small and medium checks use it already
+# (`jaxcheck.engine.memory.compile_options`); XLA reads the variable once, when
+# JAX starts its first backend.
 QUICK_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
-
-
-def pytest_configure(config):
-    """The test processes compile with :data:`QUICK_XLA_FLAG`.
-
-    XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend: the flag
-    is added for that moment only, then the variable is put back as it was. So
-    the processes the tests start (notebook kernels, the command line, the
-    demo, a cluster) compile as a user's process does, with XLA's defaults.
-    The controller of ``pytest -n`` runs no test and starts no backend."""
-    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
-        return
-    before = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = f"{before} {QUICK_XLA_FLAG}" if before else QUICK_XLA_FLAG
-    try:
-        import jax
-
-        jax.devices()
-    finally:
-        if before is None:
-            del os.environ["XLA_FLAGS"]
-        else:
-            os.environ["XLA_FLAGS"] = before
+if QUICK_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
+    )
 
 
 def pytest_collection_modifyitems(config, items):
