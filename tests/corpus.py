@@ -107,9 +107,13 @@ class Case:
         return {"grad_fn": self.grad_fn, "coords": self.coords}
 
     def analytic_grad(self) -> PyTree:
-        """The gradient under test (the hand-written one, or ``jax.grad(f)``)."""
-        fn = jax.grad(self.f) if self.grad_fn is None else self.grad_fn
-        return jax.jit(fn, compiler_options=QUICK)(self.params, *self.args)
+        """The gradient under test (the hand-written one, or ``jax.grad(f)``),
+        computed once (call it inside ``jax.enable_x64(True)``)."""
+        if "_analytic" not in self.__dict__:  # frozen: no attribute assignment
+            fn = jax.grad(self.f) if self.grad_fn is None else self.grad_fn
+            grads = jax.jit(fn, compiler_options=QUICK)(self.params, *self.args)
+            self.__dict__["_analytic"] = grads
+        return self.__dict__["_analytic"]
 
     def true_grad(self) -> PyTree:
         """The correct gradient: ``jax.grad`` of the rule-free reference."""

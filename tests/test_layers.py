@@ -6,6 +6,7 @@ function, is an edge of the import graph.
 """
 
 import ast
+import functools
 import pathlib
 import re
 
@@ -112,8 +113,16 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-MODULES = _modules()
-GRAPH = _graph(MODULES)
+# jaxcheck's modules and import graph, read when a test first asks for them (not
+# at collection, in every worker).
+@functools.cache
+def _package_modules() -> dict[str, tuple[pathlib.Path, bool]]:
+    return _modules()
+
+
+@functools.cache
+def _package_graph() -> dict[str, set[str]]:
+    return _graph(_package_modules())
 
 
 def _in_training(name: str) -> bool:
@@ -173,24 +182,26 @@ def test_relative_and_package_imports_resolve(tmp_path):
 
 
 def test_the_graph_covers_the_package():
-    assert {"jaxcheck", "jaxcheck.check", "jaxcheck.examples"} <= set(GRAPH)
-    assert {"jaxcheck.training", "jaxcheck.training.monitor"} <= set(GRAPH)
-    assert "jaxcheck.training" in GRAPH["jaxcheck"]
+    assert {"jaxcheck", "jaxcheck.check", "jaxcheck.examples"} <= set(_package_graph())
+    assert {"jaxcheck.training", "jaxcheck.training.monitor"} <= set(_package_graph())
+    assert "jaxcheck.training" in _package_graph()["jaxcheck"]
 
 
 def test_no_import_cycle_in_the_training_half():
     half = {
-        m: e for m, e in GRAPH.items() if _in_training(m) or m == "jaxcheck.examples"
+        m: e
+        for m, e in _package_graph().items()
+        if _in_training(m) or m == "jaxcheck.examples"
     }
     assert _cycles(half) == []
 
 
 def test_no_import_cycle_but_the_known_one():
-    assert [c for c in _cycles(GRAPH) if c not in KNOWN_CYCLES] == []
+    assert [c for c in _cycles(_package_graph()) if c not in KNOWN_CYCLES] == []
 
 
 def test_no_import_cycle_anywhere():
-    assert _cycles(GRAPH) == []
+    assert _cycles(_package_graph()) == []
 
 
 def _training_importers(graph: dict[str, set[str]]) -> dict[str, list[str]]:
@@ -222,7 +233,7 @@ def test_a_checker_module_that_imports_training_is_found(tmp_path):
 
 
 def test_the_checker_never_imports_the_training_half():
-    assert _training_importers(GRAPH) == {}
+    assert _training_importers(_package_graph()) == {}
 
 
 def _is_old(dotted: str) -> bool:
@@ -230,10 +241,10 @@ def _is_old(dotted: str) -> bool:
 
 
 def test_the_old_flat_training_modules_are_gone():
-    assert not [m for m in MODULES if _is_old(m)]
+    assert not [m for m in _package_modules() if _is_old(m)]
     importers = {
         name: sorted(d for d in _imports(name, path, is_package) if _is_old(d))
-        for name, (path, is_package) in MODULES.items()
+        for name, (path, is_package) in _package_modules().items()
     }
     assert {k: v for k, v in importers.items() if v} == {}
 
@@ -257,7 +268,7 @@ def test_tests_benchmarks_and_notebooks_use_the_new_names():
 
 
 def test_examples_import_nothing_from_jaxcheck():
-    assert GRAPH["jaxcheck.examples"] == set()
+    assert _package_graph()["jaxcheck.examples"] == set()
 
 
 def test_the_training_half_reaches_into_no_private_name():
@@ -266,14 +277,14 @@ def test_the_training_half_reaches_into_no_private_name():
     private modules themselves are imported by name."""
     reaches = [
         f"{name}: {target}.{member}"
-        for name, (path, is_package) in MODULES.items()
+        for name, (path, is_package) in _package_modules().items()
         if _in_training(name) or name == "jaxcheck.examples"
         for target, member in _import_pairs(name, path, is_package)
         if member is not None
         and member.startswith("_")
         and not member.startswith("__")
         and not target.rsplit(".", 1)[-1].startswith("_")
-        and f"{target}.{member}" not in MODULES
+        and f"{target}.{member}" not in _package_modules()
     ]
     assert reaches == []
 

@@ -326,7 +326,7 @@ def test_activation_report_renderings(digits):
 
 
 def test_first_layer_tiles_noise_vs_smooth():
-    noise = jax.random.normal(jax.random.key(0), (64, 16))
+    noise = np.random.default_rng(0).standard_normal((64, 16))
     r = first_layer_tiles(noise, image_shape=(8, 8))
     assert r.tiles.shape == (16, 8, 8)
     assert r.grid.shape == (4 * 9 - 1, 4 * 9 - 1)
@@ -396,11 +396,11 @@ def _two_layer(act):
 
 
 def _two_layer_params(bias: float) -> dict:
-    k1, k2 = jax.random.split(jax.random.key(0))
+    rng = np.random.default_rng(0)
     return {
-        "W1": jax.random.normal(k1, (64, 16)) / 8.0,
+        "W1": jnp.asarray(rng.standard_normal((64, 16)) / 8.0, jnp.float32),
         "b1": jnp.full(16, bias),
-        "W2": jax.random.normal(k2, (16, 10)) / 4.0,
+        "W2": jnp.asarray(rng.standard_normal((16, 10)) / 4.0, jnp.float32),
     }
 
 
@@ -462,17 +462,19 @@ def _rnn(p, xs):
 
 
 def _rnn_params(bias: float) -> dict:
-    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    rng = np.random.default_rng(1)
     return {
-        "Wh": jax.random.normal(k1, (8, 8)) / 3.0,
-        "Wx": jax.random.normal(k2, (4, 8)) / 2.0,
-        "Wo": jax.random.normal(k3, (8, 6)) / 3.0,
+        "Wh": jnp.asarray(rng.standard_normal((8, 8)) / 3.0, jnp.float32),
+        "Wx": jnp.asarray(rng.standard_normal((4, 8)) / 2.0, jnp.float32),
+        "Wo": jnp.asarray(rng.standard_normal((8, 6)) / 3.0, jnp.float32),
         "bo": jnp.full(6, bias),
     }
 
 
 def test_nonlinearities_inside_a_scan_are_recorded_over_its_steps():
-    xs = jax.random.normal(jax.random.key(2), (7, 5, 4))  # 7 steps, batch 5
+    xs = jnp.asarray(  # 7 steps, batch 5
+        np.random.default_rng(2).standard_normal((7, 5, 4)), jnp.float32
+    )
     report = activation_stats(_rnn, _rnn_params(0.0), xs, gradients=True)
     assert [lay.name for lay in report.layers] == ["0:tanh", "1:relu"]
     tanh, relu = report.layers

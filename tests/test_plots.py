@@ -50,7 +50,7 @@ def monitor():
 
 @pytest.fixture(scope="module")
 def dead_relu_report():
-    x = jax.random.normal(jax.random.key(0), (64, 8))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((64, 8)), jnp.float32)
     params = mlp_init_named(jax.random.key(1), [8, 16, 16, 4])
     params["layer1"]["b"] = params["layer1"]["b"] - 50.0
 
@@ -85,7 +85,7 @@ def test_every_figure_renders_to_png(tmp_path, monitor, dead_relu_report):
         "ratios_map": plots.plot_update_ratios({"['W']": [1e-3, 1e-2, 0.2]}),
         "dead_relu": plots.plot_activation_stats(dead_relu_report),
         "first_layer": plots.plot_first_layer(
-            jax.random.normal(jax.random.key(0), (64, 16)), image_shape=(8, 8)
+            np.random.default_rng(0).standard_normal((64, 16)), image_shape=(8, 8)
         ),
         "first_layer_rgb": plots.plot_first_layer(
             first_layer_tiles(np.random.RandomState(0).randn(5, 5, 3, 6))

@@ -203,7 +203,7 @@ def to_float64(tree: PyTree) -> PyTree:
         if isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(
             x.dtype, jnp.floating
         ):
-            return jnp.asarray(x, jnp.float64)
+            return jnp.asarray(np.asarray(x, np.float64))  # cast on the host
         return x
 
     return jax.tree.map(cast, tree)
