@@ -207,6 +207,43 @@ def test_a_program_on_disk_is_not_reused_under_other_xla_flags(monkeypatch):
     assert cache.program_key("abc", ("layout",), np.float64) != plain
 
 
+def test_the_disk_cache_keeps_its_newest_programs_under_its_bound(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(cache, "MAX_DISK_BYTES", 350)
+    monkeypatch.setattr(cache, "_USAGE", {})
+
+    def program(n: int, size: int) -> None:
+        path = tmp_path / f"p{n}.jxc"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (1000 + n, 1000 + n))
+
+    def kept() -> list[str]:
+        return sorted(p.stem for p in tmp_path.glob("*.jxc"))
+
+    for n in range(5):
+        program(n, 100)
+    (tmp_path / "notes.txt").write_bytes(b"y" * 1000)  # not a program
+    cache._trim(tmp_path, 100)
+    assert kept() == ["p2", "p3", "p4"]
+    assert (tmp_path / "notes.txt").exists()
+    # Under the bound by this process's count: the directory is not listed.
+    program(5, 40)
+    cache._trim(tmp_path, 40)
+    assert kept() == ["p2", "p3", "p4", "p5"]
+    # Over it: listed, and the oldest go.
+    program(6, 100)
+    cache._trim(tmp_path, 100)
+    assert kept() == ["p3", "p4", "p5", "p6"]
+    # Another process's programs are found at the next listing.
+    monkeypatch.setattr(cache, "SCAN_EVERY", 2)
+    program(7, 200)
+    cache._trim(tmp_path, 0)
+    assert kept() == ["p3", "p4", "p5", "p6", "p7"]
+    cache._trim(tmp_path, 0)
+    assert kept() == ["p5", "p6", "p7"]
+
+
 def test_the_cache_is_bounded():
     assert cache.MAX_PROGRAMS >= 8
     assert len(cache._PROGRAMS) <= cache.MAX_PROGRAMS
